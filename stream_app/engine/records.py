@@ -1,0 +1,129 @@
+"""Input records of contract.md §2, parsed and validated.
+
+`parse_record(raw, default_tz=...)` turns the bytes of one message into either a typed
+record (`Administration`, `EMService`, `Dispense`) or a `DeadLetter`. It never raises:
+hard failures (bad JSON, missing ids, wrong types, unknown event type, unparseable
+timestamps, oversized or non-UTF-8 values) become dead letters naming the field; soft
+gaps (missing site, lot, NDC, diagnosis, ...) are kept as `None` and the rules raise
+documentation alerts for them.
+
+Field values are kept as the EHR sent them (after type checks); normalisation (routes,
+NDC, NPI, ICD-10-CM shape) lives in `normalise.py` so the rules can report the raw value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+ADMINISTRATION = "medication.administered"
+EM_SERVICE = "em.service"
+DISPENSE = "drug.dispensed"
+EVENT_TYPES = (ADMINISTRATION, EM_SERVICE, DISPENSE)
+
+COMPLETED = "completed"
+ENTERED_IN_ERROR = "entered-in-error"
+
+# Dead-letter error codes (contract.md §3 "Dead letters").
+INVALID_JSON = "INVALID_JSON"
+NOT_AN_OBJECT = "NOT_AN_OBJECT"
+MISSING_FIELD = "MISSING_FIELD"
+WRONG_TYPE = "WRONG_TYPE"
+INVALID_TIMESTAMP = "INVALID_TIMESTAMP"
+UNKNOWN_EVENT_TYPE = "UNKNOWN_EVENT_TYPE"
+TOO_LARGE = "TOO_LARGE"
+INVALID_ENCODING = "INVALID_ENCODING"
+
+MAX_RECORD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    error_code: str
+    error: str  # human-readable; never contains field *values* (they may be PHI)
+    field: str | None  # dotted path of the offending field, e.g. "drug.dose"
+
+
+@dataclass(frozen=True, slots=True)
+class Drug:
+    name: str | None = None
+    ndc: str | None = None  # raw, as sent
+    hcpcs: str | None = None  # upper-cased
+    dose: float | None = None
+    dose_unit: str | None = None  # one of mg, mcg, g, mL, units
+    category: str = "therapeutic"
+    container: str = "unknown"
+    wasted_amount: float | None = None
+    lot_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    event_id: str
+    record_id: str
+    patient_id: str
+    occurred_at: datetime  # timezone-aware
+    recorded_at: datetime  # timezone-aware; defaults to occurred_at
+    service_date: date  # local date of occurred_at in `timezone`
+    timezone: str  # IANA name actually used (record's facility_timezone or the default)
+    status: str = COMPLETED
+    encounter_id: str | None = None
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.status == ENTERED_IN_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class Administration(_Common):
+    ended_at: datetime | None = None
+    place_of_service: str | None = None
+    payer_class: str | None = None
+    route: str | None = None  # raw; see normalise.normalize_route
+    site: str | None = None
+    drug: Drug = Drug()
+    performer_id: str | None = None
+    performer_credential: str | None = None
+    rendering_npi: str | None = None
+    supervising_npi: str | None = None
+    order_id: str | None = None
+    diagnosis_codes: tuple[str, ...] | None = None
+    charge_code: str | None = None
+    charge_modifiers: tuple[str, ...] = ()
+
+    event_type = ADMINISTRATION
+
+
+@dataclass(frozen=True, slots=True)
+class EMService(_Common):
+    code: str | None = None
+    modifiers: tuple[str, ...] = ()
+    separately_identifiable: bool = False
+    place_of_service: str | None = None
+    payer_class: str | None = None
+    rendering_npi: str | None = None
+    diagnosis_codes: tuple[str, ...] | None = None
+
+    event_type = EM_SERVICE
+
+
+@dataclass(frozen=True, slots=True)
+class Dispense(_Common):
+    ndc: str | None = None
+    drug_name: str | None = None
+    order_id: str | None = None
+    quantity: float | None = None
+    quantity_unit: str | None = None
+    lot_number: str | None = None
+
+    event_type = DISPENSE
+
+
+InputRecord = Administration | EMService | Dispense
+
+
+def parse_record(raw: bytes | str, *, default_tz: str = "UTC") -> InputRecord | DeadLetter:
+    """Parse one message value. Never raises."""
+    from stream_app.engine._parse import parse_record as _impl
+
+    return _impl(raw, default_tz=default_tz)
