@@ -1,0 +1,723 @@
+"""Prometheus metrics of contract.md §7, and the `/metrics` + `/healthz` HTTP endpoint.
+
+Every metric lives on a dedicated `CollectorRegistry` owned by a `Metrics` instance (never
+the process-global default registry), so tests, `replay` and the worker can each have their
+own. The worker serves it with `serve()`; `replay --metrics FILE` writes it once with
+`write_textfile()`.
+
+Label values are always drawn from bounded sets (see the module constants): anything
+outside a set is mapped to `unknown` (payer class) or `other` (everything else). Labels
+never carry patient ids, record ids, encounter ids, line/alert ids or diagnoses; the only
+free-form input that reaches a label is a topic name, and that only when it belongs to the
+topic set given to the constructor.
+
+The open revenue-at-risk gauge is maintained from the alerts themselves: `track_alert()`
+remembers each open alert's contribution by `alert_id` (in memory, never as a label) so
+that re-emissions are idempotent and a resolution subtracts exactly what was added.
+See docs/observability.md for the semantics of every metric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    write_to_textfile,
+)
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.metrics_core import Metric
+
+# --------------------------------------------------------------------------- label sets
+
+DEFAULT_INPUT_TOPICS: tuple[str, ...] = (
+    "ehr.medication-administrations",
+    "ehr.em-services",
+    "pharmacy.dispenses",
+)
+DEFAULT_OUTPUT_TOPICS: tuple[str, ...] = (
+    "billing.charge-lines",
+    "billing.correction-alerts",
+    "billing.dead-letters",
+)
+
+PAYER_CLASSES: tuple[str, ...] = ("medicare", "medicaid", "commercial", "workers_comp", "self_pay")
+UNKNOWN = "unknown"
+OTHER = "other"
+
+WORK_QUEUES: tuple[str, ...] = (
+    "coding",
+    "clinical_documentation",
+    "pharmacy",
+    "facility_billing",
+    "compliance",
+)
+SEVERITIES: tuple[str, ...] = ("block", "warn")
+LINE_STATES: tuple[str, ...] = ("active", "void")
+ALERT_STATES: tuple[str, ...] = ("open", "resolved")
+OUTCOMES: tuple[str, ...] = ("charge_line", "alert")
+
+# reason_code -> (possible severities, work queue), contract.md §3 "Reason codes".
+REASON_CODES: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "WRONG_ADMIN_CODE": (("block",), "coding"),
+    "NOT_SEPARATELY_BILLABLE": (("block",), "coding"),
+    "NON_INJECTION_ROUTE": (("block",), "coding"),
+    "FACILITY_SETTING": (("block",), "facility_billing"),
+    "EM_99211_SAME_DAY": (("block",), "coding"),
+    "EM_MISSING_MODIFIER_25": (("block",), "coding"),
+    "EM_NOT_SEPARATELY_IDENTIFIABLE": (("block",), "clinical_documentation"),
+    "MODIFIER_NOT_ALLOWED": (("block",), "coding"),
+    "MISSING_NDC": (("block",), "pharmacy"),
+    "INVALID_NDC": (("block",), "pharmacy"),
+    "NDC_MISMATCH": (("warn",), "pharmacy"),
+    "MISSING_DOCUMENTATION": (("block",), "clinical_documentation"),
+    "MISSING_DIAGNOSIS": (("block",), "clinical_documentation"),
+    "INVALID_DIAGNOSIS_CODE": (("block",), "coding"),
+    "INVALID_NPI": (("block",), "compliance"),
+    "MISSING_SUPERVISION": (("block",), "compliance"),
+    "DUPLICATE_SERVICE": (("block",), "coding"),
+    "MUE_EXCEEDED": (("warn", "block"), "coding"),
+    "FREQUENCY_LIMIT": (("warn", "block"), "coding"),
+    "WASTE_MODIFIER_MISSING": (("block",), "pharmacy"),
+    "DRUG_UNITS_UNKNOWN": (("warn",), "pharmacy"),
+    "ADDON_WITHOUT_PRIMARY": (("block",), "coding"),
+    "FACILITY_ONLY_CODE": (("block",), "coding"),
+}
+
+# contract.md §3 "Dead letters".
+DEAD_LETTER_CODES: tuple[str, ...] = (
+    "INVALID_JSON",
+    "NOT_AN_OBJECT",
+    "MISSING_FIELD",
+    "WRONG_TYPE",
+    "INVALID_TIMESTAMP",
+    "UNKNOWN_EVENT_TYPE",
+    "TOO_LARGE",
+    "INVALID_ENCODING",
+)
+
+CODE_FAMILIES: tuple[str, ...] = (
+    "96372",
+    "iv_push",
+    "infusion",
+    "intra_arterial",
+    "vaccine_admin",
+    "allergen",
+    "chemo_admin",
+    "em",
+    "drug",
+    "other",
+)
+
+DENIAL_RISK_BUCKETS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600,
+)  # fmt: skip
+
+_FIXED_FAMILIES: Mapping[str, str] = {
+    "96372": "96372",
+    "96374": "iv_push",
+    "96375": "iv_push",
+    "96376": "iv_push",
+    "96360": "infusion",
+    "96361": "infusion",
+    "96365": "infusion",
+    "96366": "infusion",
+    "96367": "infusion",
+    "96368": "infusion",
+    "96369": "infusion",
+    "96370": "infusion",
+    "96371": "infusion",
+    "96373": "intra_arterial",
+    "90460": "vaccine_admin",
+    "90461": "vaccine_admin",
+    "90471": "vaccine_admin",
+    "90472": "vaccine_admin",
+    "90473": "vaccine_admin",
+    "90474": "vaccine_admin",
+    "G0008": "vaccine_admin",
+    "G0009": "vaccine_admin",
+    "G0010": "vaccine_admin",
+}
+
+
+def code_family(code: str | None) -> str:
+    """Map a CPT/HCPCS code to its bounded `code_family` label value."""
+    if not isinstance(code, str):
+        return OTHER
+    c = code.strip().upper()
+    fam = _FIXED_FAMILIES.get(c)
+    if fam is not None:
+        return fam
+    if len(c) == 5 and c.isdigit():
+        n = int(c)
+        if 95115 <= n <= 95199:
+            return "allergen"
+        if 96401 <= n <= 96549:
+            return "chemo_admin"
+        if c.startswith("99"):
+            return "em"
+        return OTHER
+    # HCPCS level II: one letter A-V then four digits (J-codes, Q-codes, ...).
+    if len(c) == 5 and "A" <= c[0] <= "V" and c[1:].isdigit():
+        return "drug"
+    return OTHER
+
+
+def _pick(value: Any, allowed: Iterable[str], fallback: str, *, fold: bool = False) -> str:
+    if not isinstance(value, str):
+        return fallback
+    v = value.strip()
+    if fold:
+        v = v.lower()
+    return v if v in allowed else fallback
+
+
+# --------------------------------------------------------------------------- Metrics
+
+
+class Metrics:
+    """All metrics of contract.md §7 on one registry, with bounded-label helpers.
+
+    `topics`: the topic names (already prefixed, if a prefix is configured) allowed as
+    `topic` label values; any other topic is reported as `other`. Defaults to the three
+    input topics of contract.md §1. Pass internal topics (repartition, changelog) too if
+    their lag should be reported under their own name.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        topics: Iterable[str] | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # The metrics live on a private registry; the public one sees them through a
+        # filter that drops prometheus_client's `*_created` samples (in the text format
+        # they would appear as extra gauge families that contract.md §7 does not define).
+        self._own = CollectorRegistry(auto_describe=True)
+        self.registry.register(_WithoutCreated(self._own))
+        self.topics: frozenset[str] = frozenset(DEFAULT_INPUT_TOPICS if topics is None else topics)
+        r = self._own
+        self.events_consumed = Counter(
+            "chargecap_events_consumed_total",
+            "Messages read from an input topic (including those then dead-lettered).",
+            ["topic"],
+            registry=r,
+        )
+        self.events_dead_lettered = Counter(
+            "chargecap_events_dead_lettered_total",
+            "Input messages sent to the dead-letter topic, by error code.",
+            ["topic", "error_code"],
+            registry=r,
+        )
+        self.duplicate_events = Counter(
+            "chargecap_duplicate_events_total",
+            "Redelivered input messages (event_id already processed) that were ignored.",
+            ["topic"],
+            registry=r,
+        )
+        self.late_events = Counter(
+            "chargecap_late_events_total",
+            "Input messages for an already closed patient-day (processed as late corrections).",
+            ["topic"],
+            registry=r,
+        )
+        self.charge_lines_emitted = Counter(
+            "chargecap_charge_lines_emitted_total",
+            "Charge-line messages produced, by code family and state.",
+            ["code_family", "state"],
+            registry=r,
+        )
+        self.alerts_emitted = Counter(
+            "chargecap_alerts_emitted_total",
+            "Correction-alert messages produced, by reason, severity, work queue and state.",
+            ["reason_code", "severity", "work_queue", "state"],
+            registry=r,
+        )
+        self.denial_risk = Histogram(
+            "chargecap_denial_risk",
+            "Denial risk (0-1) of charge lines as they become active.",
+            ["payer_class"],
+            buckets=DENIAL_RISK_BUCKETS,
+            registry=r,
+        )
+        self.expected_reimbursement = Counter(
+            "chargecap_expected_reimbursement_dollars_total",
+            "Expected reimbursement (USD) of charge lines as they become active.",
+            ["payer_class"],
+            registry=r,
+        )
+        self.revenue_at_risk = Gauge(
+            "chargecap_revenue_at_risk_dollars",
+            "Revenue at risk (USD) of the currently open correction alerts.",
+            ["payer_class", "reason_code"],
+            registry=r,
+        )
+        self.decision_latency = Histogram(
+            "chargecap_decision_latency_seconds",
+            "Seconds from the input message's Kafka timestamp to the output's production.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.open_patient_days = Gauge(
+            "chargecap_open_patient_days",
+            "Patient-days held in state that have not closed yet.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "chargecap_consumer_lag_messages",
+            "End offset minus committed offset, per assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+
+        self._lock = threading.Lock()
+        # alert_id -> (labels, dollars, group); never exported.
+        self._open_alerts: dict[str, tuple[tuple[str, str], float, Any]] = {}
+        self._risk_sums: dict[tuple[str, str], list[float]] = {}  # labels -> [count, total]
+        # line_id -> True while the line is active and already counted; never exported.
+        self._active_lines: set[str] = set()
+        self._preinitialise()
+
+    # ---------------------------------------------------------------- label helpers
+
+    def topic_label(self, topic: Any) -> str:
+        return topic if isinstance(topic, str) and topic in self.topics else OTHER
+
+    @staticmethod
+    def payer_label(payer_class: Any) -> str:
+        return _pick(payer_class, PAYER_CLASSES, UNKNOWN, fold=True)
+
+    @staticmethod
+    def reason_label(reason_code: Any) -> str:
+        return _pick(reason_code, REASON_CODES, OTHER)
+
+    @staticmethod
+    def queue_label(work_queue: Any) -> str:
+        return _pick(work_queue, WORK_QUEUES, OTHER)
+
+    @staticmethod
+    def error_label(error_code: Any) -> str:
+        return _pick(error_code, DEAD_LETTER_CODES, OTHER)
+
+    def _preinitialise(self) -> None:
+        """Create the zero-valued children of the known label combinations, so rate()
+        and increase() see the first increment and dashboards show 0 rather than nothing."""
+        for t in sorted(self.topics):
+            self.events_consumed.labels(t)
+            self.duplicate_events.labels(t)
+            self.late_events.labels(t)
+        for fam in CODE_FAMILIES:
+            for st in LINE_STATES:
+                self.charge_lines_emitted.labels(fam, st)
+        for reason, (sevs, queue) in REASON_CODES.items():
+            for sev in sevs:
+                for st in ALERT_STATES:
+                    self.alerts_emitted.labels(reason, sev, queue, st)
+        for pc in PAYER_CLASSES:
+            self.denial_risk.labels(pc)
+            self.expected_reimbursement.labels(pc)
+        for oc in OUTCOMES:
+            self.decision_latency.labels(oc)
+        self.open_patient_days.set(0)
+
+    # ---------------------------------------------------------------- input side
+
+    def consumed(self, topic: str, n: int = 1) -> None:
+        if n > 0:
+            self.events_consumed.labels(self.topic_label(topic)).inc(n)
+
+    def dead_lettered(self, topic: str, error_code: str, n: int = 1) -> None:
+        if n > 0:
+            self.events_dead_lettered.labels(
+                self.topic_label(topic), self.error_label(error_code)
+            ).inc(n)
+
+    def duplicate(self, topic: str, n: int = 1) -> None:
+        if n > 0:
+            self.duplicate_events.labels(self.topic_label(topic)).inc(n)
+
+    def late(self, topic: str, n: int = 1) -> None:
+        if n > 0:
+            self.late_events.labels(self.topic_label(topic)).inc(n)
+
+    # ---------------------------------------------------------------- output side
+
+    def line_emitted(self, code: str | None, state: str, n: int = 1) -> None:
+        """Count `n` charge-line messages produced (every emission, re-emissions included)."""
+        if n > 0:
+            self.charge_lines_emitted.labels(
+                code_family(code), _pick(state, LINE_STATES, OTHER)
+            ).inc(n)
+
+    def alert_emitted(
+        self, reason_code: str, severity: str, work_queue: str, state: str, n: int = 1
+    ) -> None:
+        """Count `n` correction-alert messages produced (every emission)."""
+        if n > 0:
+            self.alerts_emitted.labels(
+                self.reason_label(reason_code),
+                _pick(severity, SEVERITIES, OTHER),
+                self.queue_label(work_queue),
+                _pick(state, ALERT_STATES, OTHER),
+            ).inc(n)
+
+    def observe_line(
+        self,
+        payer_class: str | None,
+        denial_risk: float | None,
+        expected_reimbursement: float | None,
+    ) -> None:
+        """One charge line became active: its denial risk and expected reimbursement."""
+        pc = self.payer_label(payer_class)
+        risk = _finite(denial_risk)
+        if risk is not None:
+            self.denial_risk.labels(pc).observe(min(1.0, max(0.0, risk)))
+        dollars = _finite(expected_reimbursement)
+        if dollars is not None and dollars > 0:
+            self.expected_reimbursement.labels(pc).inc(dollars)
+
+    def observe_latency(self, outcome: str, seconds: float) -> None:
+        """`outcome` is `charge_line` or `alert`; negative values (clock skew) count as 0."""
+        s = _finite(seconds)
+        if s is None:
+            return
+        self.decision_latency.labels(_pick(outcome, OUTCOMES, OTHER)).observe(max(0.0, s))
+
+    # ---------------------------------------------------------------- revenue at risk
+
+    def set_revenue_at_risk(
+        self, payer_class: str | None, reason_code: str, dollars: float
+    ) -> None:
+        """Set one gauge child directly (for callers that compute the totals themselves;
+        do not mix with `track_alert` for the same labels)."""
+        d = _finite(dollars) or 0.0
+        self.revenue_at_risk.labels(
+            self.payer_label(payer_class), self.reason_label(reason_code)
+        ).set(d)
+
+    def add_revenue_at_risk(self, payer_class: str | None, reason_code: str, delta: float) -> None:
+        d = _finite(delta)
+        if d:
+            self.revenue_at_risk.labels(
+                self.payer_label(payer_class), self.reason_label(reason_code)
+            ).inc(d)
+
+    def track_alert(
+        self,
+        alert_id: str,
+        *,
+        state: str,
+        payer_class: str | None,
+        reason_code: str,
+        dollars: float | None,
+        group: Any = None,
+    ) -> None:
+        """Keep the open revenue-at-risk gauge in step with one alert message.
+
+        `state == "open"` sets this alert's contribution (replacing any earlier one, so
+        re-emissions are idempotent); any other state removes it. `group` (e.g. the
+        partition the alert's patient lives on) lets `forget_group()` drop everything of a
+        revoked partition. `alert_id` is kept in memory only, never exported.
+        """
+        labels = (self.payer_label(payer_class), self.reason_label(reason_code))
+        with self._lock:
+            old = self._open_alerts.pop(alert_id, None)
+            if old is not None:
+                self._risk_sub(old[0], old[1])
+            if state == "open":
+                d = max(0.0, _finite(dollars) or 0.0)
+                self._open_alerts[alert_id] = (labels, d, group)
+                self._risk_add(labels, d)
+
+    def forget_alert(self, alert_id: str) -> None:
+        """Stop counting one alert (e.g. its patient-day's state was dropped)."""
+        with self._lock:
+            old = self._open_alerts.pop(alert_id, None)
+            if old is not None:
+                self._risk_sub(old[0], old[1])
+
+    def forget_group(self, group: Any) -> None:
+        """Stop counting every open alert tracked with `group` (partition revoked)."""
+        with self._lock:
+            for aid in [a for a, v in self._open_alerts.items() if v[2] == group]:
+                labels, d, _ = self._open_alerts.pop(aid)
+                self._risk_sub(labels, d)
+
+    def reset_revenue_at_risk(self) -> None:
+        with self._lock:
+            self._open_alerts.clear()
+            for labels in self._risk_sums:
+                self.revenue_at_risk.labels(*labels).set(0.0)
+            self._risk_sums.clear()
+
+    def open_alert_count(self) -> int:
+        return len(self._open_alerts)
+
+    def _risk_add(self, labels: tuple[str, str], d: float) -> None:
+        s = self._risk_sums.setdefault(labels, [0, 0.0])
+        s[0] += 1
+        s[1] += d
+        self.revenue_at_risk.labels(*labels).set(round(s[1], 6))
+
+    def _risk_sub(self, labels: tuple[str, str], d: float) -> None:
+        s = self._risk_sums.get(labels)
+        if s is None:
+            return
+        s[0] -= 1
+        s[1] -= d
+        if s[0] <= 0:
+            s[0], s[1] = 0, 0.0
+        self.revenue_at_risk.labels(*labels).set(round(max(0.0, s[1]), 6))
+
+    # ---------------------------------------------------------------- whole-record helpers
+
+    def record_line(self, line: Mapping[str, Any], *, count_value: bool = True) -> None:
+        """Account for one produced charge-line message (the contract's JSON dict).
+
+        Always counts the emission (`line_emitted`). The first time a `line_id` is seen
+        `active` (or again after a `void`), its denial risk and expected reimbursement are
+        observed once (`observe_line`), unless `count_value` is false (e.g. re-emission
+        after recovery). A `final` or `void` message ends the in-memory tracking of the id.
+        """
+        state = line.get("state")
+        self.line_emitted(line.get("code"), state)
+        line_id = line.get("line_id")
+        with self._lock:
+            if state == "active":
+                first = line_id not in self._active_lines
+                if line.get("final"):
+                    self._active_lines.discard(line_id)
+                else:
+                    self._active_lines.add(line_id)
+            else:
+                first = False
+                self._active_lines.discard(line_id)
+        if first and count_value:
+            self.observe_line(
+                line.get("payer_class"), line.get("denial_risk"), line.get("expected_reimbursement")
+            )
+
+    def record_alert(
+        self, alert: Mapping[str, Any], *, payer_class: str | None = None, group: Any = None
+    ) -> None:
+        """Account for one produced correction-alert message (the contract's JSON dict):
+        `alert_emitted` plus `track_alert` (payer class from the argument or the alert's
+        optional `payer_class` field)."""
+        self.alert_emitted(
+            alert.get("reason_code"),
+            alert.get("severity"),
+            alert.get("work_queue"),
+            alert.get("state"),
+        )
+        aid = alert.get("alert_id")
+        if isinstance(aid, str):
+            self.track_alert(
+                aid,
+                state=alert.get("state"),
+                payer_class=payer_class if payer_class is not None else alert.get("payer_class"),
+                reason_code=alert.get("reason_code"),
+                dollars=alert.get("revenue_at_risk"),
+                group=group,
+            )
+
+    # ---------------------------------------------------------------- state and lag
+
+    def set_open_patient_days(self, n: int) -> None:
+        self.open_patient_days.set(max(0, n))
+
+    def add_open_patient_days(self, delta: int) -> None:
+        if delta:
+            self.open_patient_days.inc(delta)
+
+    def set_consumer_lag(self, topic: str, partition: int, lag: int | float) -> None:
+        self.consumer_lag.labels(self.topic_label(topic), str(int(partition))).set(
+            max(0.0, _finite(lag) or 0.0)
+        )
+
+    def remove_consumer_lag(self, topic: str, partition: int) -> None:
+        """Drop the series of a partition no longer assigned to this worker."""
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(self.topic_label(topic), str(int(partition)))
+
+    # ---------------------------------------------------------------- exposition
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (version 0.0.4)."""
+        return generate_latest(self.registry)
+
+
+class _WithoutCreated:
+    """Collector re-exporting another registry's families minus their `_created` samples."""
+
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self._inner = inner
+
+    def _families(self, with_samples: bool) -> Iterator[Metric]:
+        for fam in self._inner.collect():
+            out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            if with_samples:
+                out.samples = [s for s in fam.samples if not s.name.endswith("_created")]
+            yield out
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(True)
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(False)
+
+
+def _finite(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+# --------------------------------------------------------------------------- textfile
+
+
+def write_textfile(metrics: Metrics, path: str) -> None:
+    """Write the registry to `path` atomically (for `replay --metrics FILE`; the format is
+    what node_exporter's textfile collector reads)."""
+    write_to_textfile(str(path), metrics.registry)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, `:port` (all interfaces) or `port` -> (host, port)."""
+    a = addr.strip()
+    if a.startswith("["):
+        host, _, rest = a[1:].partition("]")
+        if not rest.startswith(":"):
+            raise ValueError(f"bad metrics address {addr!r}: expected [host]:port")
+        port_s = rest[1:]
+    elif ":" in a:
+        host, _, port_s = a.rpartition(":")
+        host = host or "0.0.0.0"
+    else:
+        host, port_s = "127.0.0.1", a
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"bad metrics address {addr!r}: port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"bad metrics address {addr!r}: port out of range")
+    return host, port
+
+
+class MetricsServer:
+    """A running `/metrics` + `/healthz` server (see `serve`)."""
+
+    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self.host: str = httpd.server_address[0]
+        self.port: int = httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve(
+    metrics: Metrics,
+    addr: str = "127.0.0.1:9108",
+    ready: Callable[[], bool] | None = None,
+) -> MetricsServer:
+    """Start a daemon thread serving `GET /metrics` and `GET /healthz` on `addr`.
+
+    `/healthz` answers 200 `ready` when `ready()` is true, else 503 `not ready` (also when
+    `ready()` raises). `ready=None` means always ready. Port 0 picks a free port; the
+    returned object has `.port`, `.host`, `.url` and `.close()`.
+    """
+    host, port = parse_addr(addr)
+    registry = metrics.registry
+    is_ready = ready if ready is not None else (lambda: True)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "chargecap"
+        sys_version = ""
+
+        def _send(self, status: int, body: bytes, ctype: str, head: bool) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _handle(self, head: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+                try:
+                    body = encoder(registry)
+                except Exception:  # noqa: BLE001 - never let a collector kill the server
+                    self._send(500, b"metrics collection failed\n", "text/plain", head)
+                    return
+                self._send(200, body, ctype, head)
+            elif path == "/healthz":
+                try:
+                    ok = bool(is_ready())
+                except Exception:  # noqa: BLE001
+                    ok = False
+                if ok:
+                    self._send(200, b"ready\n", "text/plain; charset=utf-8", head)
+                else:
+                    self._send(
+                        HTTPStatus.SERVICE_UNAVAILABLE,
+                        b"not ready\n",
+                        "text/plain; charset=utf-8",
+                        head,
+                    )
+            else:
+                self._send(404, b"not found\n", "text/plain; charset=utf-8", head)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            self._handle(head=False)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._handle(head=True)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # no access log: scrapes every 15 s would drown the worker's log
+
+    server_cls = ThreadingHTTPServer
+    if ":" in host:
+        import socket
+
+        class _V6Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        server_cls = _V6Server
+    httpd = server_cls((host, port), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(
+        target=httpd.serve_forever,
+        name="chargecap-metrics",
+        kwargs={"poll_interval": 0.2},
+        daemon=True,
+    )
+    thread.start()
+    return MetricsServer(httpd, thread)
