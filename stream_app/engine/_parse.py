@@ -1,0 +1,362 @@
+"""`parse_record`: one message value -> a typed input record or a dead letter.
+
+Hot path. Never raises. Error messages name the field and the problem, never the value
+(values may be PHI).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import orjson
+
+from stream_app.engine import normalise
+from stream_app.engine.records import (
+    ADMINISTRATION,
+    COMPLETED,
+    DISPENSE,
+    EM_SERVICE,
+    ENTERED_IN_ERROR,
+    INVALID_ENCODING,
+    INVALID_JSON,
+    INVALID_TIMESTAMP,
+    MAX_RECORD_BYTES,
+    MISSING_FIELD,
+    NOT_AN_OBJECT,
+    TOO_LARGE,
+    UNKNOWN_EVENT_TYPE,
+    WRONG_TYPE,
+    Administration,
+    DeadLetter,
+    Dispense,
+    Drug,
+    EMService,
+    InputRecord,
+)
+
+MAX_ID_CHARS = 256  # ids, codes, zone names, lot numbers
+MAX_TEXT_CHARS = 4096  # free text: drug name, site
+MAX_NUMBER = 1e9
+MIN_YEAR = 1900
+MAX_YEAR = 2100
+
+_DOSE_UNITS = {"mg": "mg", "mcg": "mcg", "g": "g", "ml": "mL", "units": "units",
+               "unit": "units", "u": "units"}
+_QUANTITY_UNITS = {u: u for u in ("UN", "ML", "GR", "ME", "F2")}
+_CATEGORIES = {c: c for c in ("therapeutic", "prophylactic", "diagnostic", "vaccine",
+                              "allergen_immunotherapy", "antineoplastic",
+                              "hormonal_antineoplastic", "procedural")}
+_CONTAINERS = {c: c for c in ("single_dose", "multi_dose", "unknown")}
+_PAYER_CLASSES = {p: p for p in ("medicare", "medicaid", "commercial", "workers_comp",
+                                 "self_pay")}
+_STATUSES = {COMPLETED: COMPLETED, ENTERED_IN_ERROR: ENTERED_IN_ERROR}
+_POS = frozenset(f"{i:02d}" for i in range(100))
+_ENUM_SEPARATORS = str.maketrans({" ": "_", "-": "_"})
+
+# RFC 3339 date-time (section 5.6), `T` or space between date and time, explicit offset.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_NO_DRUG = Drug()  # frozen: one shared instance for records without a drug object
+
+
+class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
+    __slots__ = ("dead_letter",)
+
+    def __init__(self, code: str, error: str, field: str | None) -> None:
+        self.dead_letter = DeadLetter(code, error, field)
+
+
+def _missing(path: str) -> _Reject:
+    return _Reject(MISSING_FIELD, f"required field {path} is missing or empty", path)
+
+
+def _wrong(path: str, what: str) -> _Reject:
+    return _Reject(WRONG_TYPE, f"field {path} {what}", path)
+
+
+# --- field readers -----------------------------------------------------------------------
+
+def _opt_str(obj: dict, key: str, path: str, limit: int) -> str | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise _wrong(path, "must be a string")
+    v = v.strip()
+    if len(v) > limit:
+        raise _wrong(path, f"is longer than {limit} characters")
+    return v or None
+
+
+def _req_str(obj: dict, key: str, limit: int) -> str:
+    v = _opt_str(obj, key, key, limit)
+    if v is None:
+        raise _missing(key)
+    return v
+
+
+def _opt_upper(obj: dict, key: str, path: str) -> str | None:
+    v = _opt_str(obj, key, path, MAX_ID_CHARS)
+    return v.upper() if v is not None else None
+
+
+def _opt_enum(obj: dict, key: str, path: str, allowed: dict[str, str], what: str,
+              *, lower: bool = True) -> str | None:
+    v = _opt_str(obj, key, path, MAX_ID_CHARS)
+    if v is None:
+        return None
+    canonical = allowed.get(v)
+    if canonical is None:
+        folded = v.lower() if lower else v.upper()
+        canonical = allowed.get(folded) or allowed.get(folded.translate(_ENUM_SEPARATORS))
+        if canonical is None:
+            raise _wrong(path, f"must be one of {what}")
+    return canonical
+
+
+def _opt_number(obj: dict, key: str, path: str, *, allow_zero: bool) -> float | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    t = type(v)
+    if t is not int and t is not float:  # bool is not int by `type`
+        raise _wrong(path, "must be a number")
+    f = float(v)
+    if not (-MAX_NUMBER <= f <= MAX_NUMBER):  # also NaN
+        raise _wrong(path, "is not a finite number of plausible size")
+    if f < 0 or (f == 0 and not allow_zero):
+        raise _wrong(path, "must be greater than or equal to zero" if allow_zero
+                     else "must be greater than zero")
+    return f
+
+
+def _opt_codes(obj: dict, key: str, path: str) -> tuple[str, ...] | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if type(v) is not list:
+        raise _wrong(path, "must be a list of strings")
+    out = []
+    for item in v:
+        if type(item) is not str:
+            raise _wrong(path, "must be a list of strings")
+        item = item.strip()
+        if len(item) > MAX_ID_CHARS:
+            raise _wrong(path, f"has an entry longer than {MAX_ID_CHARS} characters")
+        if item:
+            out.append(item.upper())
+    return tuple(out) if out else None
+
+
+def _opt_pos(obj: dict, key: str) -> str | None:
+    v = _opt_str(obj, key, key, MAX_ID_CHARS)
+    if v is not None and v not in _POS:
+        raise _wrong(key, "must be a two-digit place-of-service code")
+    return v
+
+
+def _opt_timestamp(obj: dict, key: str) -> datetime | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise _wrong(key, "must be an RFC 3339 timestamp string")
+    v = v.strip()
+    if not v:
+        return None
+    m = _RFC3339.fullmatch(v)
+    if m is None:
+        raise _Reject(INVALID_TIMESTAMP,
+                      f"field {key} is not an RFC 3339 timestamp with a UTC offset or Z", key)
+    if v[10] != "T" or v[-1] == "z":
+        v = v[:10] + "T" + v[11:-1] + v[-1].upper()
+    frac = m.group(1)
+    if frac is not None and len(frac) > 7:  # fromisoformat wants at most 6 digits
+        start = m.start(1)
+        v = v[:start + 7] + v[m.end(1):]
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise _Reject(INVALID_TIMESTAMP, f"field {key} is not a valid date and time",
+                      key) from None
+    if not (MIN_YEAR <= dt.year <= MAX_YEAR):
+        raise _Reject(INVALID_TIMESTAMP,
+                      f"field {key} has a year outside {MIN_YEAR}..{MAX_YEAR}", key)
+    return dt
+
+
+# --- record parsing ----------------------------------------------------------------------
+
+def _loads(raw: object) -> object:
+    if type(raw) is not bytes:
+        if isinstance(raw, str):
+            if len(raw) > MAX_RECORD_BYTES:
+                raise _Reject(TOO_LARGE, f"record is larger than {MAX_RECORD_BYTES} bytes",
+                              None)
+            try:
+                raw = raw.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Reject(INVALID_ENCODING, "record text is not valid Unicode",
+                              None) from None
+        elif isinstance(raw, bytes | bytearray | memoryview):
+            try:
+                raw = bytes(raw)
+            except Exception:
+                raise _Reject(INVALID_JSON, "record value is not readable", None) from None
+        elif raw is None:
+            raise _Reject(NOT_AN_OBJECT, "record has no value", None)
+        else:
+            raise _Reject(INVALID_JSON, "record value is neither bytes nor text", None)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise _Reject(TOO_LARGE, f"record is larger than {MAX_RECORD_BYTES} bytes", None)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reject(INVALID_ENCODING, "record is not valid UTF-8", None) from None
+    if raw.startswith(_UTF8_BOM):
+        try:
+            return orjson.loads(raw[3:])
+        except orjson.JSONDecodeError:
+            pass
+    raise _Reject(INVALID_JSON, "record is not well-formed JSON", None)
+
+
+def _parse_drug(obj: dict) -> Drug:
+    d = obj.get("drug")
+    if d is None:
+        return _NO_DRUG
+    if type(d) is not dict:
+        raise _wrong("drug", "must be an object")
+    return Drug(
+        name=_opt_str(d, "name", "drug.name", MAX_TEXT_CHARS),
+        ndc=_opt_str(d, "ndc", "drug.ndc", MAX_ID_CHARS),
+        hcpcs=_opt_upper(d, "hcpcs", "drug.hcpcs"),
+        dose=_opt_number(d, "dose", "drug.dose", allow_zero=False),
+        dose_unit=_opt_enum(d, "dose_unit", "drug.dose_unit", _DOSE_UNITS,
+                            "mg, mcg, g, mL, units"),
+        category=_opt_enum(d, "category", "drug.category", _CATEGORIES,
+                           "the drug categories of the contract") or "therapeutic",
+        container=_opt_enum(d, "container", "drug.container", _CONTAINERS,
+                            "single_dose, multi_dose, unknown") or "unknown",
+        wasted_amount=_opt_number(d, "wasted_amount", "drug.wasted_amount", allow_zero=True),
+        lot_number=_opt_str(d, "lot_number", "drug.lot_number", MAX_ID_CHARS),
+    )
+
+
+def _parse(raw: object, default_tz: str) -> InputRecord:
+    obj = _loads(raw)
+    if type(obj) is not dict:
+        raise _Reject(NOT_AN_OBJECT, "record is not a JSON object", None)
+
+    event_type = _req_str(obj, "event_type", MAX_ID_CHARS)
+    if event_type not in _EVENT_TYPES:
+        raise _Reject(UNKNOWN_EVENT_TYPE, "event_type is not a known event type", "event_type")
+    event_id = _req_str(obj, "event_id", MAX_ID_CHARS)
+    record_id = _req_str(obj, "record_id", MAX_ID_CHARS)
+    patient_id = _req_str(obj, "patient_id", MAX_ID_CHARS)
+    occurred_at = _opt_timestamp(obj, "occurred_at")
+    if occurred_at is None:
+        raise _missing("occurred_at")
+
+    status = _opt_enum(obj, "status", "status", _STATUSES,
+                       "completed, entered-in-error") or COMPLETED
+    recorded_at = _opt_timestamp(obj, "recorded_at") or occurred_at
+    encounter_id = _opt_str(obj, "encounter_id", "encounter_id", MAX_ID_CHARS)
+    tz = _opt_str(obj, "facility_timezone", "facility_timezone", MAX_ID_CHARS)
+    if tz is None:
+        tz = default_tz
+        if normalise.zone(tz) is None:
+            raise _wrong("facility_timezone",
+                         "is absent and the configured default time zone is unknown")
+    elif normalise.zone(tz) is None:
+        raise _wrong("facility_timezone", "must be a known IANA time zone name")
+    common = {
+        "event_id": event_id,
+        "record_id": record_id,
+        "patient_id": patient_id,
+        "occurred_at": occurred_at,
+        "recorded_at": recorded_at,
+        "service_date": normalise.service_date(occurred_at, tz),
+        "timezone": tz,
+        "status": status,
+        "encounter_id": encounter_id,
+    }
+
+    if event_type == ADMINISTRATION:
+        ended_at = _opt_timestamp(obj, "ended_at")
+        if ended_at is not None and ended_at < occurred_at:
+            raise _Reject(INVALID_TIMESTAMP, "field ended_at is before occurred_at", "ended_at")
+        route = _opt_str(obj, "route", "route", MAX_ID_CHARS)
+        if route is not None and normalise.normalize_route(route) is None:
+            raise _wrong("route", "is not a recognised route of administration")
+        return Administration(
+            **common,
+            ended_at=ended_at,
+            place_of_service=_opt_pos(obj, "place_of_service"),
+            payer_class=_opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
+                                  "medicare, medicaid, commercial, workers_comp, self_pay"),
+            route=route,
+            site=_opt_str(obj, "site", "site", MAX_TEXT_CHARS),
+            drug=_parse_drug(obj),
+            performer_id=_opt_str(obj, "performer_id", "performer_id", MAX_ID_CHARS),
+            performer_credential=_opt_upper(obj, "performer_credential",
+                                            "performer_credential"),
+            rendering_npi=_opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
+            supervising_npi=_opt_str(obj, "supervising_npi", "supervising_npi",
+                                     MAX_ID_CHARS),
+            order_id=_opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
+            diagnosis_codes=_opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
+            charge_code=_opt_upper(obj, "charge_code", "charge_code"),
+            charge_modifiers=_opt_codes(obj, "charge_modifiers", "charge_modifiers") or (),
+        )
+
+    if event_type == EM_SERVICE:
+        separately = obj.get("separately_identifiable")
+        if separately is None:
+            separately = False
+        elif type(separately) is not bool:
+            raise _wrong("separately_identifiable", "must be true or false")
+        return EMService(
+            **common,
+            code=_opt_upper(obj, "code", "code"),
+            modifiers=_opt_codes(obj, "modifiers", "modifiers") or (),
+            separately_identifiable=separately,
+            place_of_service=_opt_pos(obj, "place_of_service"),
+            payer_class=_opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
+                                  "medicare, medicaid, commercial, workers_comp, self_pay"),
+            rendering_npi=_opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
+            diagnosis_codes=_opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
+        )
+
+    return Dispense(
+        **common,
+        ndc=_opt_str(obj, "ndc", "ndc", MAX_ID_CHARS),
+        drug_name=_opt_str(obj, "drug_name", "drug_name", MAX_TEXT_CHARS),
+        order_id=_opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
+        quantity=_opt_number(obj, "quantity", "quantity", allow_zero=False),
+        quantity_unit=_opt_enum(obj, "quantity_unit", "quantity_unit", _QUANTITY_UNITS,
+                                "UN, ML, GR, ME, F2", lower=False),
+        lot_number=_opt_str(obj, "lot_number", "lot_number", MAX_ID_CHARS),
+    )
+
+
+_EVENT_TYPES = frozenset((ADMINISTRATION, EM_SERVICE, DISPENSE))
+
+_INTERNAL_ERROR = "record could not be validated"
+
+
+def parse_record(raw: bytes | str, *, default_tz: str = "UTC") -> InputRecord | DeadLetter:
+    """Parse one message value into a typed record or a DeadLetter. Never raises."""
+    try:
+        return _parse(raw, default_tz)
+    except _Reject as r:
+        return r.dead_letter
+    except Exception:  # defensive: a bug here must not stop the stream
+        return DeadLetter(INVALID_JSON, _INTERNAL_ERROR, None)
