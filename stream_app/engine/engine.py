@@ -43,27 +43,14 @@ class EngineSettings:
     default_tz: str = "UTC"
 
 
-class PatientState:
-    """Everything the engine keeps for one patient (all its patient-days).
+def __getattr__(name: str):
+    # Engine and PatientState live in core.py / state.py (which import this module).
+    if name == "Engine":
+        from stream_app.engine.core import Engine
 
-    Implemented in stream_app/engine/state.py; re-exported here.
-    patient_id: str; open_days: int; to_bytes() -> bytes; from_bytes(b) -> PatientState
-    """
+        return Engine
+    if name == "PatientState":
+        from stream_app.engine.state import PatientState
 
-
-class Engine:
-    """API (implemented in stream_app/engine/core.py):
-
-    Engine(rules: RuleSet, settings: EngineSettings)
-    ingest(state | None, records: list[InputRecord], now, rev_floor=0) -> (state | None, Outcome)
-        records all belong to one patient; dedup by event_id, amendments, evaluation,
-        diff against what was emitted -> decisions.
-    advance(state, now, rev_floor=0) -> (state | None, Outcome)
-        timed work that is due: settle (MISSING_NDC), close (final re-emission),
-        retention (state dropped; None means delete the state).
-    finish(state, now, rev_floor=0) -> (state, Outcome)
-        replay's end of input: settle every day, then close every day.
-    reemit(state, now, rev_floor) -> (state, Outcome)
-        after recovery: re-emit the current message of every key with a higher revision.
-    next_due(state) -> float | None   (static) when advance() has work next.
-    """
+        return PatientState
+    raise AttributeError(name)

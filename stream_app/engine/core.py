@@ -1,0 +1,227 @@
+"""The engine: records in, decisions out (contract.md §3).
+
+`ingest` applies redelivery, amendment and withdrawal rules to a patient's state, asks
+derive.py for every day's lines and alerts, and diffs them against what each key last
+emitted: a changed key is emitted with a higher revision, a line that became held or
+withdrawn is voided, an alert whose problem went away is resolved. `advance` runs timed
+work (settle, close, retention) and is driven by the caller's clock.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from stream_app.engine.derive import Alert, DayView, Derivation, Evaluator, Line
+from stream_app.engine.engine import ALERT, LINE, Decision, EngineSettings, Outcome
+from stream_app.engine.ruledata import RuleSet
+from stream_app.engine.state import DayState, Emitted, PatientState
+
+_REVERSE = {"active": "void", "open": "resolved"}
+
+
+@lru_cache(maxsize=8192)
+def _end_of_day(day: date, tz: str) -> float:
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=ZoneInfo(tz)).timestamp()
+
+
+class Engine:
+    def __init__(self, rules: RuleSet, settings: EngineSettings | None = None,
+                 derivation: Derivation | None = None):
+        self.rules = rules
+        self.settings = settings or EngineSettings()
+        self.evaluator = Evaluator(rules, derivation or Derivation.load())
+
+    # ------------------------------------------------------------------ public API
+
+    def ingest(self, state: PatientState | None, records: list, now: float,
+               rev_floor: int = 0) -> tuple[PatientState | None, Outcome]:
+        out = Outcome()
+        if not records:
+            return state, out
+        if state is None:
+            state = PatientState(records[0].patient_id)
+        for rec in records:
+            if rec.event_id in state.seen:
+                out.duplicates += 1
+                continue
+            iso = rec.service_date.isoformat()
+            state.seen[rec.event_id] = iso
+            ds = state.days.get(iso)
+            if ds is None:
+                ds = state.days[iso] = DayState()
+                out.opened_days += 1
+            elif ds.closed:
+                out.late += 1
+            ds.last_input_at = now
+            ds.settled_evaluated = False
+            ds.end_ts = max(ds.end_ts, _end_of_day(rec.service_date, rec.timezone))
+            key = (rec.event_type, rec.record_id)
+            cur = state.records.get(key)
+            if cur is None or (rec.recorded_at, rec.event_id) > (cur.recorded_at, cur.event_id):
+                state.records[key] = rec
+        self._evaluate(state, now, rev_floor, out)
+        return state, out
+
+    def advance(self, state: PatientState, now: float,
+                rev_floor: int = 0) -> tuple[PatientState | None, Outcome]:
+        out = Outcome()
+        s = self.settings
+        due = False
+        for iso, ds in list(state.days.items()):
+            if ds.closed:
+                if now >= ds.closed_at + s.retention_days * 86400:
+                    self._drop_day(state, iso)
+                    out.dropped_days += 1
+                continue
+            if now >= self._close_at(ds):
+                ds.closed_at = now
+                out.closed_days += 1
+                due = True
+            elif not ds.settled_evaluated and now >= ds.last_input_at + s.settle_seconds:
+                due = True
+        if due:
+            self._evaluate(state, now, rev_floor, out)
+        return (state if state.days else None), out
+
+    def finish(self, state: PatientState, now: float,
+               rev_floor: int = 0) -> tuple[PatientState, Outcome]:
+        """End of replay input: every patient-day settles, then closes."""
+        out = Outcome()
+        self._evaluate(state, now, rev_floor, out, force_settled=True)
+        for ds in state.days.values():
+            if not ds.closed:
+                ds.closed_at = now
+                out.closed_days += 1
+        self._evaluate(state, now, rev_floor, out, force_settled=True)
+        return state, out
+
+    def reemit(self, state: PatientState, now: float, rev_floor: int) -> tuple[PatientState, Outcome]:
+        """Re-emit the current message of every key with a higher revision (recovery)."""
+        out = Outcome()
+        for ds in state.days.values():
+            for key, em in ds.emitted.items():
+                em.rev = max(em.rev + 1, rev_floor)
+                out.decisions.append(Decision(em.kind, key, {**em.value, "revision": em.rev}))
+        return state, out
+
+    def next_due(self, state: PatientState) -> float | None:
+        s = self.settings
+        due = None
+        for ds in state.days.values():
+            if ds.closed:
+                t = ds.closed_at + s.retention_days * 86400
+            else:
+                t = self._close_at(ds)
+                if not ds.settled_evaluated:
+                    t = min(t, ds.last_input_at + s.settle_seconds)
+            due = t if due is None else min(due, t)
+        return due
+
+    # ------------------------------------------------------------------ internals
+
+    def _close_at(self, ds: DayState) -> float:
+        # A day closes close_after_seconds after the end of its service date, but never
+        # before it has settled: historical days close promptly, yet not mid-burst.
+        s = self.settings
+        return max(ds.end_ts + s.close_after_seconds, ds.last_input_at + s.settle_seconds)
+
+    def _drop_day(self, state: PatientState, iso: str) -> None:
+        del state.days[iso]
+        state.records = {k: r for k, r in state.records.items() if r.service_date.isoformat() != iso}
+        state.seen = {e: d for e, d in state.seen.items() if d != iso}
+
+    def _evaluate(self, state: PatientState, now: float, rev_floor: int, out: Outcome,
+                  force_settled: bool = False) -> None:
+        settle = self.settings.settle_seconds
+        days = state.days
+
+        def settled(day: date) -> bool:
+            ds = days.get(day.isoformat())
+            return force_settled or ds is None or ds.closed or now >= ds.last_input_at + settle
+
+        def open_missing_ndc(akey: str) -> bool:
+            for ds in days.values():
+                em = ds.emitted.get(akey)
+                if em is not None:
+                    return em.value["state"] == "open"
+            return False
+
+        views = self.evaluator.evaluate_patient(state.patient_id, state.records.values(),
+                                                settled, open_missing_ndc)
+        for iso, ds in days.items():
+            view = views.get(date.fromisoformat(iso))
+            self._diff_day(state, ds, view, rev_floor, out)
+            if settled(date.fromisoformat(iso)):
+                ds.settled_evaluated = True
+
+    def _diff_day(self, state: PatientState, ds: DayState, view: DayView | None, rev_floor: int,
+                  out: Outcome) -> None:
+        final = ds.closed
+        desired: dict[str, tuple[str, dict]] = {}
+        if view is not None:
+            for key, ln in view.lines.items():
+                if not ln.held:
+                    desired[key] = (LINE, self._render_line(state, view, ln, final))
+            for key, a in view.alerts.items():
+                desired[key] = (ALERT, self._render_alert(state, view, key, a, final))
+        for key, (kind, value) in desired.items():
+            em = ds.emitted.get(key)
+            if em is None or em.value != value:
+                self._emit(ds, key, kind, value, rev_floor, out)
+        for key, em in list(ds.emitted.items()):
+            if key in desired:
+                continue
+            last = em.value
+            state_now = _REVERSE.get(last["state"], last["state"])
+            if state_now != last["state"] or last["final"] != final:
+                self._emit(ds, key, em.kind, {**last, "state": state_now, "final": final},
+                           rev_floor, out)
+
+    @staticmethod
+    def _emit(ds: DayState, key: str, kind: str, value: dict, rev_floor: int, out: Outcome) -> None:
+        em = ds.emitted.get(key)
+        rev = max((em.rev if em else 0) + 1, rev_floor)
+        ds.emitted[key] = Emitted(rev, kind, value)
+        out.decisions.append(Decision(kind, key, {**value, "revision": rev}))
+
+    def _render_line(self, state: PatientState, view: DayView, ln: Line, final: bool) -> dict:
+        rec = ln.record
+        risk = 1.0
+        for reason in ln.warnings:
+            risk *= 1.0 - self.rules.reason(reason).risk_weight
+        return {
+            "line_id": ln.key, "state": "active", "final": final,
+            "patient_id": state.patient_id, "encounter_id": rec.encounter_id,
+            "service_date": view.day.isoformat(), "place_of_service": rec.place_of_service,
+            "payer_class": rec.payer_class, "code": ln.code, "modifiers": ln.modifiers,
+            "units": ln.units, "ndc": ln.ndc, "ndc_qualifier": "N4" if ln.ndc else None,
+            "ndc_quantity": ln.ndc_quantity, "ndc_unit": ln.ndc_unit,
+            "diagnosis_codes": list(rec.diagnosis_codes or ()),
+            "rendering_npi": rec.rendering_npi,
+            "source_event_ids": sorted(ln.source_event_ids),
+            "expected_reimbursement": ln.expected,
+            "denial_risk": round(1.0 - risk, 4),
+            "warnings": sorted(ln.warnings),
+        }
+
+    def _render_alert(self, state: PatientState, view: DayView, key: str, a: Alert,
+                      final: bool) -> dict:
+        info = self.rules.reason(a.reason_code)
+        lines = [view.lines[k] for k in a.line_keys if k in view.lines]
+        events = set(a.source_event_ids)
+        for ln in lines:
+            events.update(ln.source_event_ids)
+        return {
+            "alert_id": key, "state": "open", "final": final,
+            "reason_code": a.reason_code, "severity": a.severity or info.severity,
+            "work_queue": info.work_queue, "message": a.message, "suggested_fix": a.suggested_fix,
+            "predicted_denial": {"carc": info.carc, "rarc": info.rarc},
+            "patient_id": state.patient_id, "encounter_id": a.record.encounter_id,
+            "service_date": view.day.isoformat(), "payer_class": a.record.payer_class,
+            "code": a.code,
+            "line_id": lines[0].key if lines else None,
+            "revenue_at_risk": round(sum(ln.expected for ln in lines), 2),
+            "source_event_ids": sorted(events), "details": a.details,
+        }

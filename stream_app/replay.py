@@ -1,0 +1,185 @@
+"""`python -m stream_app replay FILE... [--out DIR]` (contract.md §5).
+
+Runs the engine in-process over NDJSON files in arrival order. The clock stands still
+while input is read (nothing settles or closes); at the end of input every patient-day
+settles, then closes. Writes the highest revision per key, sorted by key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from stream_app.engine.core import Engine
+from stream_app.engine.derive import Derivation
+from stream_app.engine.engine import LINE, EngineSettings
+from stream_app.engine.records import DeadLetter, parse_record
+from stream_app.engine.ruledata import RuleSet
+from stream_app.engine.state import PatientState
+
+# Records are handed to the engine per patient in chunks of this many input lines, as
+# the worker does per batch; the settled view does not depend on it (contract.md §3).
+CHUNK = 2000
+REPLAY_NOW = 0.0  # the clock stands still while input is read
+
+
+@dataclass
+class ReplayResult:
+    lines: dict[str, dict] = field(default_factory=dict)
+    alerts: dict[str, dict] = field(default_factory=dict)
+    dead_letters: list[dict] = field(default_factory=list)
+    records: int = 0
+    duplicates: int = 0
+
+    def settled_view(self) -> tuple[list[dict], list[dict]]:
+        """Active lines and open alerts, without revision (contract.md §3)."""
+        return settled_view(self.lines.values(), self.alerts.values())
+
+
+def settled_view(lines: Iterable[dict], alerts: Iterable[dict]) -> tuple[list[dict], list[dict]]:
+    def strip(v: dict) -> dict:
+        return {k: x for k, x in v.items() if k != "revision"}
+
+    act = sorted((strip(v) for v in lines if v["state"] == "active"), key=lambda v: v["line_id"])
+    opn = sorted((strip(v) for v in alerts if v["state"] == "open"), key=lambda v: v["alert_id"])
+    return act, opn
+
+
+def _iter_lines(paths: list[str]) -> Iterator[tuple[str, int, bytes]]:
+    for path in paths:
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+        try:
+            for n, raw in enumerate(stream, 1):
+                raw = raw.rstrip(b"\r\n")
+                if raw.strip():  # blank lines carry no record
+                    yield path, n, raw
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+
+def dead_letter_from_file(dl: DeadLetter, raw: bytes, source: str, line: int) -> dict:
+    return {"error_code": dl.error_code, "error": dl.error, "field": dl.field,
+            "raw": raw.decode("utf-8", "replace"), "source": source, "line": line}
+
+
+def replay(paths: list[str], engine: Engine, default_tz: str = "UTC") -> ReplayResult:
+    res = ReplayResult()
+    states: dict[str, PatientState] = {}
+
+    def keep(decisions) -> None:
+        for d in decisions:
+            (res.lines if d.kind == LINE else res.alerts)[d.key] = d.value
+
+    def flush(pending: dict[str, list]) -> None:
+        for pid, recs in pending.items():
+            state, out = engine.ingest(states.get(pid), recs, REPLAY_NOW)
+            states[pid] = state
+            res.duplicates += out.duplicates
+            keep(out.decisions)
+        pending.clear()
+
+    pending: dict[str, list] = defaultdict(list)
+    count = 0
+    for source, n, raw in _iter_lines(paths):
+        rec = parse_record(raw, default_tz=default_tz)
+        if isinstance(rec, DeadLetter):
+            res.dead_letters.append(dead_letter_from_file(rec, raw, source, n))
+            continue
+        res.records += 1
+        pending[rec.patient_id].append(rec)
+        count += 1
+        if count % CHUNK == 0:
+            flush(pending)
+    flush(pending)
+    for pid in sorted(states):
+        _, out = engine.finish(states[pid], REPLAY_NOW)
+        keep(out.decisions)
+    res.dead_letters.sort(key=lambda d: (d["source"], d["line"]))
+    return res
+
+
+def write_outputs(res: ReplayResult, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, items in (("charge_lines.ndjson", [res.lines[k] for k in sorted(res.lines)]),
+                        ("alerts.ndjson", [res.alerts[k] for k in sorted(res.alerts)]),
+                        ("dead_letters.ndjson", res.dead_letters)):
+        with open(out_dir / name, "wb") as fh:
+            for item in items:
+                fh.write(orjson.dumps(item))
+                fh.write(b"\n")
+
+
+def summary(res: ReplayResult) -> str:
+    from stream_app.metrics import code_family
+
+    active, open_alerts = res.settled_view()
+    families = Counter(code_family(v["code"]) for v in active)
+    reasons = Counter(a["reason_code"] for a in open_alerts)
+    at_risk: dict[str, float] = defaultdict(float)
+    for a in open_alerts:
+        at_risk[a.get("payer_class") or "unknown"] += a["revenue_at_risk"]
+    out = [f"replay: {res.records} records, {res.duplicates} redelivered, "
+           f"{len(res.dead_letters)} dead letters",
+           f"charge lines active: {len(active)} of {len(res.lines)} keys"]
+    out += [f"  {fam:<16} {n:>7}" for fam, n in sorted(families.items())]
+    out.append(f"alerts open: {len(open_alerts)} of {len(res.alerts)} keys")
+    out += [f"  {r:<32} {n:>7}" for r, n in reasons.most_common()]
+    out.append("revenue at risk (open alerts):")
+    out += [f"  {p:<16} ${v:>12,.2f}" for p, v in sorted(at_risk.items())]
+    return "\n".join(out)
+
+
+def build_engine(settings) -> Engine:
+    rules = RuleSet.load(settings.rules_dir)
+    return Engine(rules, EngineSettings(settings.settle_seconds, settings.close_after_seconds,
+                                        settings.retention_days, settings.timezone),
+                  Derivation.load(settings.rules_dir))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream_app.config import add_settings_arguments
+
+    parser.add_argument("files", nargs="+", metavar="FILE", help="NDJSON input, '-' for stdin")
+    parser.add_argument("--out", type=Path, default=None, help="directory for the three outputs")
+    parser.add_argument("--metrics", type=Path, default=None,
+                        help="write Prometheus metrics of the run to this textfile")
+    add_settings_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream_app.config import settings_from_args
+    from stream_app.engine.ruledata import RuleDataError
+
+    settings = settings_from_args(args)
+    try:
+        engine = build_engine(settings)
+    except RuleDataError as exc:
+        print(f"chargecap replay: bad rule data: {exc}", file=sys.stderr)
+        return 2
+    res = replay(args.files, engine, settings.timezone)
+    if args.out is not None:
+        write_outputs(res, args.out)
+    if args.metrics is not None:
+        write_metrics(res, args.metrics)
+    print(summary(res), file=sys.stderr)
+    return 0
+
+
+def write_metrics(res: ReplayResult, path: Path) -> None:
+    from stream_app.metrics import Metrics, write_textfile
+
+    m = Metrics()
+    for v in res.lines.values():
+        m.record_line(v)
+    for v in res.alerts.values():
+        m.record_alert(v)
+    for dl in res.dead_letters:
+        m.dead_lettered(dl["source"], dl["error_code"])
+    write_textfile(m, str(path))
