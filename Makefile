@@ -42,7 +42,7 @@ bootstrap: install kafka-fetch
 lock: $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check pip-tools
 	$(PY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras \
-	  --extra dev --output-file requirements.lock pyproject.toml
+	  --no-emit-find-links --extra dev --output-file requirements.lock pyproject.toml
 
 kafka-fetch:
 	$(KAFKA) fetch

@@ -116,13 +116,9 @@ class Settings:
         """A TLS context for SSL/SASL_SSL, else None."""
         if self.security_protocol not in ("SSL", "SASL_SSL"):
             return None
-        ctx = ssl.create_default_context(
-            cafile=str(self.ssl_cafile) if self.ssl_cafile else None
-        )
+        ctx = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
         if self.ssl_certfile:
-            ctx.load_cert_chain(
-                str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
-            )
+            ctx.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
         return ctx
 
     def aiokafka_security_kwargs(self) -> dict[str, Any]:

@@ -289,9 +289,7 @@ async def _apply(
                         f"{resource['error_message'] or ''}".strip()
                     )
         changes = [
-            Change(c.topic, ERROR, failed[c.topic])
-            if c.action == CONFIG_UPDATED and c.topic in failed
-            else c
+            Change(c.topic, ERROR, failed[c.topic]) if c.action == CONFIG_UPDATED and c.topic in failed else c
             for c in changes
         ]
     return _ordered(changes, wanted)
@@ -340,9 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override every definition's replication factor when creating (production)",
     )
     apply.add_argument("--dry-run", action="store_true", help="report only, change nothing")
-    apply.add_argument(
-        "--strict", action="store_true", help="exit 1 when a partition count differs"
-    )
+    apply.add_argument("--strict", action="store_true", help="exit 1 when a partition count differs")
     add_settings_arguments(apply)
 
 
@@ -364,8 +360,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:  # connection failures: one clear line
         print(
-            f"topics apply: cannot reach Kafka at {settings.bootstrap_servers}: "
-            f"{type(exc).__name__}: {exc}",
+            f"topics apply: cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}: {exc}",
             file=sys.stderr,
         )
         return 1
