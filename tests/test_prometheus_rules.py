@@ -121,3 +121,31 @@ def test_ensure_script_is_executable():
     assert script.stat().st_mode & 0o111
     r = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_dashboard_promql_parses(promtool, tmp_path):
+    """Every PromQL expression of the Grafana dashboard is valid PromQL: each is wrapped in
+    a recording rule (Grafana's $__ variables replaced by a duration) and checked."""
+    import json
+    import re
+
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/chargecap.json").read_text())
+    exprs = [
+        re.sub(r"\$__(rate_interval|interval|range)\b", "5m", t["expr"])
+        for p in dash["panels"]
+        for t in p.get("targets", [])
+    ]
+    assert exprs
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:expr_{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    r = run(promtool, "check", "rules", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in r.stdout

@@ -1,0 +1,251 @@
+"""Static checks of the Grafana dashboard and its provisioning.
+
+Every PromQL expression of deploy/grafana/dashboards/chargecap.json must refer only to
+series that `stream_app.metrics.Metrics` really exports (names taken from the exposition
+of an exercised instance, not from a hand-written list), with label names and matcher
+values those series carry. The check against a live worker's /metrics comes with the
+integration test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_app.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "chargecap.json"
+
+CONTRACT_METRICS = {
+    "chargecap_events_consumed_total",
+    "chargecap_events_dead_lettered_total",
+    "chargecap_duplicate_events_total",
+    "chargecap_late_events_total",
+    "chargecap_charge_lines_emitted_total",
+    "chargecap_alerts_emitted_total",
+    "chargecap_denial_risk",
+    "chargecap_expected_reimbursement_dollars_total",
+    "chargecap_revenue_at_risk_dollars",
+    "chargecap_decision_latency_seconds",
+    "chargecap_open_patient_days",
+    "chargecap_consumer_lag_messages",
+}
+
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
+GRAFANA_VARS = re.compile(r"\$__(rate_interval|interval|range)\b|\$\{__[a-z_]+\}")
+STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'')
+MATCHERS = re.compile(r"\{([^{}]*)\}")
+MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:\\.|[^"\\])*)"')
+GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)")
+RANGE = re.compile(r"\[[^\]]*\]")
+NUMBER = re.compile(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?(?![\w:])")
+IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def parse_expr(expr: str) -> dict:
+    """A small PromQL reader: metric names, matchers (label, op, value), grouping labels."""
+    e = GRAFANA_VARS.sub("5m", expr)
+    matchers = []
+    for body in MATCHERS.findall(e):
+        matchers += MATCHER.findall(body)
+        assert STRING.sub("", MATCHER.sub("", body)).strip(" ,") == "", f"odd matcher: {body}"
+    e = MATCHERS.sub(" ", e)
+    e = STRING.sub(" ", e)
+    grouping = set()
+    for _, labels in GROUPING.findall(e):
+        grouping |= {x.strip() for x in labels.split(",") if x.strip()}
+    e = GROUPING.sub(" ", e)
+    e = RANGE.sub(" ", e)
+    e = re.sub(r"\boffset\s+\w+", " ", e)
+    e = NUMBER.sub(" ", e)
+    metrics = set()
+    for m in IDENT.finditer(e):
+        word = m.group(0)
+        if word.lower() in PROMQL_KEYWORDS:
+            continue
+        if re.match(r"\s*\(", e[m.end() :]):
+            continue  # a function call
+        metrics.add(word)
+    return {"metrics": metrics, "matchers": matchers, "grouping": grouping}
+
+
+def test_parse_expr_reader():
+    got = parse_expr(
+        'histogram_quantile(0.99, sum by (le, outcome) (rate(foo_bucket{a="x", b=~"y|z"}'
+        "[$__rate_interval]))) / on(a) group_left(b) bar_total > 1e3 and baz offset 5m"
+    )
+    assert got["metrics"] == {"foo_bucket", "bar_total", "baz"}
+    assert set(got["matchers"]) == {("a", "=", "x"), ("b", "=~", "y|z")}
+    assert got["grouping"] == {"le", "outcome", "a", "b"}
+
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, dict[str, set[str]]]:
+    """series name -> {label name -> values seen}, from an exercised Metrics instance."""
+    m = Metrics()
+    t = "ehr.medication-administrations"
+    m.consumed(t, 3)
+    m.dead_lettered(t, "INVALID_JSON")
+    m.duplicate(t)
+    m.late(t)
+    m.line_emitted("96372", "active")
+    m.alert_emitted("MISSING_NDC", "block", "pharmacy", "open")
+    m.observe_line("medicare", 0.3, 14.5)
+    m.track_alert("a", state="open", payer_class="medicare", reason_code="MISSING_NDC", dollars=9)
+    m.observe_latency("charge_line", 0.05)
+    m.set_open_patient_days(2)
+    m.set_consumer_lag(t, 0, 4)
+    series: dict[str, dict[str, set[str]]] = {}
+    for fam in text_string_to_metric_families(m.exposition().decode()):
+        for s in fam.samples:
+            labels = series.setdefault(s.name, {})
+            for k, v in s.labels.items():
+                labels.setdefault(k, set()).add(v)
+    return series
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def all_panels(d: dict) -> list[dict]:
+    out = []
+    for p in d["panels"]:
+        out.append(p)
+        out += p.get("panels", [])
+    return out
+
+
+def targets() -> list[tuple[str, dict]]:
+    return [(p["title"], t) for p in all_panels(dashboard()) for t in p.get("targets", [])]
+
+
+def test_exported_series_are_the_contract_metrics(exported):
+    base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in exported}
+    assert base == CONTRACT_METRICS
+
+
+def test_every_expression_uses_only_exported_series(exported):
+    assert targets(), "dashboard has no queries"
+    for title, t in targets():
+        parsed = parse_expr(t["expr"])
+        assert parsed["metrics"], f"{title}: no metric in {t['expr']!r}"
+        for name in parsed["metrics"]:
+            assert name in exported, f"{title}: {name!r} is not exported by stream_app.metrics"
+
+
+def test_labels_and_matcher_values_exist_on_the_series(exported):
+    for title, t in targets():
+        parsed = parse_expr(t["expr"])
+        label_values: dict[str, set[str]] = {}
+        for name in parsed["metrics"]:
+            for k, vals in exported[name].items():
+                label_values.setdefault(k, set()).update(vals)
+        for label in parsed["grouping"]:
+            assert label in label_values, f"{title}: grouping label {label!r} not on the series"
+        for label, op, val in parsed["matchers"]:
+            assert label in label_values, f"{title}: matcher label {label!r} not on the series"
+            if op == "=":
+                assert val in label_values[label] or val in _bounded(label), (
+                    f"{title}: {label}={val!r} is never exported"
+                )
+
+
+def _bounded(label: str) -> set[str]:
+    from stream_app import metrics as M
+
+    return {
+        "state": set(M.LINE_STATES) | set(M.ALERT_STATES),
+        "severity": set(M.SEVERITIES),
+        "work_queue": set(M.WORK_QUEUES),
+        "payer_class": set(M.PAYER_CLASSES),
+        "reason_code": set(M.REASON_CODES),
+        "outcome": set(M.OUTCOMES),
+        "error_code": set(M.DEAD_LETTER_CODES),
+        "code_family": set(M.CODE_FAMILIES),
+    }.get(label, set())
+
+
+def test_legends_only_use_grouped_labels():
+    for title, t in targets():
+        legend = t.get("legendFormat", "")
+        used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+        assert used <= parse_expr(t["expr"])["grouping"], f"{title}: legend {legend!r}"
+
+
+def test_every_contract_metric_is_on_the_dashboard():
+    used = set()
+    for _, t in targets():
+        used |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in parse_expr(t["expr"])["metrics"]}
+    assert used == CONTRACT_METRICS
+
+
+def test_dashboard_structure():
+    d = dashboard()
+    assert d["uid"] == "chargecap"
+    assert d.get("id") is None  # provisioned dashboards must not pin an id
+    panels = all_panels(d)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    occupied = set()
+    for p in panels:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        cells = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & occupied, f"panel {p['title']!r} overlaps another"
+        occupied |= cells
+        if p["type"] != "row":
+            assert p["datasource"] == {"type": "prometheus", "uid": "prometheus"}, p["title"]
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == "prometheus"
+    titles = {p["title"] for p in panels}
+    for wanted in (
+        "Events in per topic",
+        "Decisions per second",
+        "Alerts opened by reason",
+        "Alerts by work queue",
+        "Denial-risk distribution",
+        "Open revenue at risk by payer class",
+        "Open revenue at risk by reason",
+        "Decision latency p50 / p99",
+        "Consumer lag by topic",
+        "Dead letters by error code",
+        "Open patient-days",
+        "Expected reimbursement rate",
+    ):
+        assert wanted in titles
+
+
+def test_provisioning_files():
+    ds = yaml.safe_load((GRAFANA / "provisioning/datasources/datasource.yml").read_text())
+    (src,) = ds["datasources"]
+    assert (src["type"], src["uid"], src["url"]) == (
+        "prometheus",
+        "prometheus",
+        "http://prometheus:9090",
+    )
+    prov = yaml.safe_load((GRAFANA / "provisioning/dashboards/dashboards.yml").read_text())
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
