@@ -231,6 +231,10 @@ async def _apply(
     elif missing:
         changes.extend(_created(name, wanted[name], replication_factor) for name in missing)
 
+    created = [c.topic for c in changes if c.action == CREATED]
+    if created and not dry_run:
+        await _wait_for_topics(admin, created, timeout_ms)
+
     # 2. Compare what exists (never describe missing topics: Metadata may auto-create them).
     present = sorted(name for name in wanted if name in existing)
     if not present:
@@ -288,11 +292,51 @@ async def _apply(
                         f"config update failed: error {resource['error_code']} "
                         f"{resource['error_message'] or ''}".strip()
                     )
+        await _wait_for_configs(
+            admin, {r.name: r.configs for r in to_alter if r.name not in failed}, timeout_ms
+        )
         changes = [
             Change(c.topic, ERROR, failed[c.topic]) if c.action == CONFIG_UPDATED and c.topic in failed else c
             for c in changes
         ]
     return _ordered(changes, wanted)
+
+
+async def _wait_for_topics(admin: AIOKafkaAdminClient, names: list[str], timeout_ms: int) -> None:
+    """Waits until the broker's metadata shows every new topic with a leader per partition.
+
+    KRaft commits a creation before every broker's metadata cache has it; callers that
+    produce right after ``apply_topics`` should not see UNKNOWN_TOPIC_OR_PARTITION.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+    pending = set(names)
+    while pending:
+        if pending <= set(await admin.list_topics()):
+            for topic in await admin.describe_topics(sorted(pending)):
+                parts = topic.get("partitions", [])
+                if not topic["error_code"] and parts and all(p["leader"] >= 0 for p in parts):
+                    pending.discard(topic["topic"])
+        if not pending or asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _wait_for_configs(
+    admin: AIOKafkaAdminClient, wanted: Mapping[str, Mapping[str, str]], timeout_ms: int
+) -> None:
+    """Waits until DescribeConfigs shows the altered values (metadata propagates async)."""
+    deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+    pending = dict(wanted)
+    while pending:
+        current = await _describe_configs(admin, pending)
+        pending = {
+            name: configs
+            for name, configs in pending.items()
+            if any(current.get(name, {}).get(k, (None, 0))[0] != v for k, v in configs.items())
+        }
+        if not pending or asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.1)
 
 
 def _created(name: str, definition: TopicDef, replication_factor: int | None) -> Change:

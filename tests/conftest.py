@@ -1,0 +1,121 @@
+"""Shared fixtures: a real Kafka broker for integration tests, unique names per test.
+
+* ``kafka_bootstrap`` (session): ``host:port`` of a real broker. Uses ``KAFKA_BOOTSTRAP``
+  when set; otherwise starts ``deploy/kafka-local/kafka.sh up`` on ``KAFKA_PORT`` (default
+  9092), reuses a broker already answering there (and then never stops it), and stops
+  the broker at the end of the session only if this session started it. If no broker can
+  be had, the integration tests fail (they are never skipped silently).
+* ``kafka_broker_url`` (session): the same as ``kafka://host:port`` (Faust, Settings).
+* ``unique_name`` (function): ``unique_name("orders")`` → ``orders-<pid>-<random>``;
+  also importable as ``tests.conftest.make_unique_name``.
+* ``topic_prefix`` (function): a unique ``CHARGECAP_TOPIC_PREFIX`` value for one test.
+* ``kafka_topics`` (async, function): applies every topic of ``topics/`` under a fresh
+  unique prefix and returns that prefix; deletes those topics afterwards.
+
+Mark tests that talk to the broker with ``@pytest.mark.integration``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
+PROBE = REPO / "deploy" / "kafka-local" / "probe.py"
+SPEC_DIR = REPO.parent / "shared" / "spec"
+EXAMPLES_DIR = SPEC_DIR / "examples"
+
+
+def make_unique_name(prefix: str = "t") -> str:
+    """A Kafka-safe name unique across tests and concurrent test sessions."""
+    return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when a Metadata request to ``host:port`` succeeds."""
+    first = bootstrap.split(",")[0].split("://")[-1]
+    result = subprocess.run(
+        [sys.executable, str(PROBE), first, str(timeout)],
+        capture_output=True,
+        timeout=timeout + 10,
+    )
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    env = os.environ.get("KAFKA_BOOTSTRAP")
+    if env:
+        bootstrap = ",".join(part.split("://")[-1] for part in env.split(","))
+        if not broker_answers(bootstrap, timeout=10):
+            pytest.fail(f"KAFKA_BOOTSTRAP={env} does not answer a Metadata request")
+        yield bootstrap
+        return
+    port = os.environ.get("KAFKA_PORT", "9092")
+    bootstrap = f"127.0.0.1:{port}"
+    if broker_answers(bootstrap):
+        yield bootstrap  # someone else's broker: use it, never stop it
+        return
+    script_env = {**os.environ, "KAFKA_PORT": port}
+    started = subprocess.run(
+        ["bash", str(KAFKA_SH), "up"],
+        env=script_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"could not start the local Kafka ({KAFKA_SH} up):\n{started.stdout}\n{started.stderr}")
+    try:
+        yield bootstrap
+    finally:
+        subprocess.run(
+            ["bash", str(KAFKA_SH), "down"],
+            env=script_env,
+            capture_output=True,
+            timeout=180,
+        )
+
+
+@pytest.fixture(scope="session")
+def kafka_broker_url(kafka_bootstrap: str) -> str:
+    return ",".join(f"kafka://{server}" for server in kafka_bootstrap.split(","))
+
+
+@pytest.fixture
+def unique_name():
+    return make_unique_name
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return make_unique_name("t") + "."
+
+
+async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
+    """Deletes every topic whose name starts with ``prefix`` (test clean-up)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def kafka_topics(kafka_bootstrap: str, topic_prefix: str):
+    from stream_app.topics import apply_topics
+
+    await apply_topics(kafka_bootstrap, topic_prefix)
+    yield topic_prefix
+    await delete_topics_with_prefix(kafka_bootstrap, topic_prefix)
