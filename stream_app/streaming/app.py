@@ -1,0 +1,406 @@
+"""The Faust application of the worker (contract.md §1, §3; docs/streaming.md).
+
+Two agents and two timers:
+
+* **stage 1** (`chargecap-stage1`) reads the three input topics in batches, parses each
+  message once, sends invalid ones to the dead-letter topic and forwards the *original
+  bytes* of valid ones to the internal repartition topic `{app_id}-patient-records`,
+  keyed by `patient_id` with an explicit partition (`codecs.partition_for`), so a
+  patient's records meet in one partition whatever the input keys and partition counts.
+* **stage 2** (`chargecap-stage2`, `concurrency=1`) reads the repartition topic in batches,
+  groups the records by partition and patient, runs the engine against the patient's
+  state in the Faust table `patient-state` (changelog `{app_id}-patient-state-changelog`,
+  co-partitioned with the repartition topic), writes the table, waits until the
+  changelog writes are acknowledged, and only then produces the batch's charge lines and
+  alerts (crash safety, docs/streaming.md).
+* the **tick timer** sends a tick message to every partition of the repartition topic;
+  stage 2 runs the due settle/close/retention work and pending re-emission of the
+  partition when its tick arrives (tables are only ever written by the agent owning the
+  partition).
+* the **lag timer** updates `chargecap_consumer_lag_messages`.
+
+Nothing here awaits a single message's delivery: sends are collected and awaited once per
+batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass
+
+import faust
+from faust.streams import _current_event
+
+from stream_app.config import (
+    INPUT_TOPICS,
+    TOPIC_CHARGE_LINES,
+    TOPIC_CORRECTION_ALERTS,
+    TOPIC_DEAD_LETTERS,
+    Settings,
+    faust_broker_url,
+)
+from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
+from stream_app.streaming import codecs
+from stream_app.streaming.processor import (
+    MARKER_PREFIX,
+    Item,
+    Output,
+    Stage2,
+    TableAccess,
+    dead_letter_output,
+    patient_key,
+)
+
+log = logging.getLogger(__name__)
+
+PROCESSING_ERROR = "PROCESSING_ERROR"
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Worker tuning that is not part of contract.md §6 (flags in worker.py)."""
+
+    partitions: int = 6  # repartition topic and table changelog
+    batch_size: int = 2000  # max messages per stage batch
+    batch_within: float = 0.02  # seconds a stage waits to fill a batch
+    session_timeout: float = 30.0
+    heartbeat_interval: float = 3.0
+    rebalance_timeout: float = 60.0
+    producer_linger: float = 0.005
+    max_request_size: int = 16 * 1024 * 1024
+    stream_buffer_maxsize: int = 16384
+    lag_interval: float = 5.0
+    commit_interval: float = 1.0
+
+
+def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
+    """The Faust app with the worker's configuration (no agents yet)."""
+    return faust.App(
+        settings.app_id,
+        broker=faust_broker_url(settings.broker),
+        broker_credentials=settings.faust_credentials(),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        web_enabled=False,
+        table_standby_replicas=0,
+        topic_replication_factor=1,
+        topic_partitions=opts.partitions,
+        topic_disable_leader=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        broker_session_timeout=opts.session_timeout,
+        broker_heartbeat_interval=opts.heartbeat_interval,
+        broker_rebalance_timeout=opts.rebalance_timeout,
+        broker_commit_interval=opts.commit_interval,
+        producer_linger=opts.producer_linger,
+        producer_max_request_size=opts.max_request_size,
+        consumer_max_fetch_size=max(4 * 1024 * 1024, settings.max_message_bytes * 2),
+        stream_buffer_maxsize=opts.stream_buffer_maxsize,
+        consumer_auto_offset_reset="earliest",
+    )
+
+
+class _PartitionTable(TableAccess):
+    """Table access for one partition from inside stage 2.
+
+    The store (RocksDB keeps one database per partition) and the changelog both take the
+    partition from Faust's *current event*; a batch mixes partitions, so the current event
+    is set to one of this partition's events before every access. Changelog futures are
+    collected so the batch can wait for their acknowledgement before producing outputs.
+    """
+
+    __slots__ = ("table", "partition", "event", "futures")
+
+    def __init__(self, table, partition: int, event, futures: list):
+        self.table, self.partition, self.event, self.futures = table, partition, event, futures
+
+    def activate(self) -> None:
+        _current_event.set(weakref.ref(self.event))
+
+    def get(self, key: bytes) -> bytes | None:
+        self.activate()
+        try:
+            return self.table.data[key]
+        except KeyError:
+            return None
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self.activate()
+        self.table.data[key] = value
+        self.futures.append(self.table.send_changelog(self.partition, key, value))
+
+    def delete(self, key: bytes) -> None:
+        self.activate()
+        try:
+            del self.table.data[key]
+        except KeyError:
+            pass
+        self.futures.append(
+            self.table.send_changelog(self.partition, key, None, value_serializer="raw")
+        )
+
+
+class ChargecapStreams:
+    """The worker's Faust app, agents, table and timers around one engine."""
+
+    def __init__(self, settings: Settings, engine, state_cls, metrics=None,
+                 opts: StreamOptions | None = None):
+        self.settings = settings
+        self.opts = opts = opts or StreamOptions()
+        self.engine = engine
+        self.metrics = metrics
+        self.app = app = build_faust_app(settings, opts)
+        self.input_names = tuple(settings.topic(t) for t in INPUT_TOPICS)
+        self.origin_of = {name: i for i, name in enumerate(self.input_names)}
+        self.lines_topic = settings.topic(TOPIC_CHARGE_LINES)
+        self.alerts_topic = settings.topic(TOPIC_CORRECTION_ALERTS)
+        self.dead_topic = settings.topic(TOPIC_DEAD_LETTERS)
+        self.repartition_name = f"{settings.app_id}-patient-records"
+        self.recovered = False
+        self.stopping = False
+        self.stage2 = Stage2(engine, state_cls, metrics=metrics, input_topics=self.input_names)
+
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+               "value_serializer": "raw"}
+        self.input_topic = app.topic(*self.input_names, **raw)
+        self.repartition = app.topic(
+            self.repartition_name, partitions=opts.partitions, internal=True,
+            retention=7 * 86400.0, deleting=True, **raw,
+        )
+        self.table = app.Table(
+            "patient-state", partitions=opts.partitions, key_type=bytes, value_type=bytes,
+            schema=faust.Schema(**raw), recovery_buffer_size=10000,
+        )
+        self.table.on_recover(self._on_recover)
+
+        app.agent(self.input_topic, name="chargecap-stage1", concurrency=1)(self._stage1)
+        app.agent(self.repartition, name="chargecap-stage2", concurrency=1)(self._stage2)
+        app.timer(interval=settings.tick_seconds, name="chargecap-tick")(self._tick)
+        app.timer(interval=opts.lag_interval, name="chargecap-lag")(self._update_lag)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    # ------------------------------------------------------------------ readiness
+
+    def ready(self) -> bool:
+        """/healthz: partitions assigned and table recovery done, not rebalancing."""
+        app = self.app
+        return self.recovered and not self.stopping and not app.rebalancing
+
+    # ------------------------------------------------------------------ stage 1
+
+    async def _stage1(self, stream):
+        async for events in stream.take_events(self.opts.batch_size, self.opts.batch_within):
+            await self._stage1_batch(events)
+
+    async def _stage1_batch(self, events) -> None:
+        producer = self.app.producer
+        send = producer.send
+        metrics = self.metrics
+        tz = self.settings.timezone
+        limit = self.settings.max_message_bytes
+        n_parts = self.opts.partitions
+        repartition = self.repartition_name
+        futures = []
+        consumed: dict[str, int] = defaultdict(int)
+        for ev in events:
+            msg = ev.message
+            topic = msg.topic
+            consumed[topic] += 1
+            value = msg.value
+            if value is None:
+                value = b""
+            if len(value) > limit:
+                rec = DeadLetter(TOO_LARGE, f"value larger than {limit} bytes", None)
+            else:
+                try:
+                    rec = parse_record(value, default_tz=tz)
+                except Exception:  # noqa: BLE001 - the parser must never stop the worker
+                    log.exception("parser failed on a message of %s", topic)
+                    rec = DeadLetter(PROCESSING_ERROR, "parser failed", None)
+            if isinstance(rec, DeadLetter):
+                out = dead_letter_output(rec, raw=value, topic=topic, partition=msg.partition,
+                                         offset=msg.offset, key=msg.key)
+                futures.append(await send(self.dead_topic, out.key, out.value, None, None,
+                                          out.headers))
+                if metrics is not None:
+                    metrics.dead_lettered(topic, rec.error_code)
+                continue
+            key = rec.patient_id.encode("utf-8")
+            ts_ms = int((msg.timestamp or time.time()) * 1000)
+            futures.append(await send(
+                repartition, key, value, codecs.partition_for(key, n_parts), None,
+                codecs.record_headers(self.origin_of.get(topic, 0), ts_ms, msg.partition,
+                                      msg.offset),
+            ))
+        if metrics is not None:
+            for topic, n in consumed.items():
+                metrics.consumed(topic, n)
+        if futures:
+            await asyncio.gather(*futures)
+
+    # ------------------------------------------------------------------ stage 2
+
+    async def _stage2(self, stream):
+        async for events in stream.take_events(self.opts.batch_size, self.opts.batch_within):
+            await self._stage2_batch(events)
+
+    async def _stage2_batch(self, events) -> None:
+        tz = self.settings.timezone
+        outputs: list[Output] = []
+        groups: dict[int, dict[bytes, list[Item]]] = defaultdict(lambda: defaultdict(list))
+        ticks: set[int] = set()
+        ctx: dict[int, object] = {}
+        for ev in events:
+            msg = ev.message
+            p = msg.partition
+            if p not in ctx:
+                ctx[p] = ev
+            hs = codecs.parse_headers(msg.headers)
+            if hs.get(codecs.H_KIND) == codecs.TICK:
+                ticks.add(p)
+                continue
+            origin = int(hs.get(codecs.H_ORIGIN, b"0"))
+            value = msg.value or b""
+            rec = parse_record(value, default_tz=tz)
+            if isinstance(rec, DeadLetter):  # stage 1 accepted it; should not happen
+                outputs.append(self._dead_from_repartition(rec, value, hs, origin))
+                continue
+            ts = int(hs.get(codecs.H_TS, b"0")) / 1000.0
+            groups[p][patient_key(rec.patient_id)].append(Item(rec, origin, ts, value, hs))
+
+        batch_us = self.stage2.batch_us()
+        now = time.time()
+        changelog: list = []
+        touched = list(ctx)
+        for p in touched:
+            access = _PartitionTable(self.table, p, ctx[p], changelog)
+            try:
+                self.stage2.process_partition(p, access, groups.get(p, {}), p in ticks,
+                                              batch_us, now, outputs)
+            except Exception as exc:  # noqa: BLE001
+                self._on_engine_error(exc, p, access, groups.get(p, {}), ticks, batch_us,
+                                      now, outputs)
+        # Crash safety: the state that produced these outputs must be durable first.
+        if changelog:
+            await asyncio.gather(*changelog)
+        await self._produce(outputs)
+        self.stage2.outputs_acked(touched, batch_us)
+
+    def _on_engine_error(self, exc, p, access, groups, ticks, batch_us, now, outputs) -> None:
+        """An engine failure must not stop the worker: retry the partition one patient at
+        a time and dead-letter the records of the patient(s) that fail (state unchanged)."""
+        log.error("engine failed on a batch of partition %d (%s); isolating", p,
+                  type(exc).__name__)
+        for key, items in groups.items():
+            try:
+                self.stage2.process_partition(p, access, {key: items}, False, batch_us, now,
+                                              outputs)
+            except Exception as exc2:  # noqa: BLE001
+                log.error("engine failed on %d record(s) of one patient (%s); dead-lettered",
+                          len(items), type(exc2).__name__)
+                for it in items:
+                    dl = DeadLetter(PROCESSING_ERROR, f"engine error {type(exc2).__name__}", None)
+                    outputs.append(self._dead_from_repartition(dl, it.raw, it.headers,
+                                                               it.origin))
+        if p in ticks:
+            try:
+                self.stage2.process_partition(p, access, {}, True, batch_us, now, outputs)
+            except Exception as exc3:  # noqa: BLE001
+                log.error("timed work failed on partition %d (%s)", p, type(exc3).__name__)
+
+    def _dead_from_repartition(self, rec: DeadLetter, value: bytes, hs: dict,
+                               origin: int) -> Output:
+        topic = self.input_names[origin] if 0 <= origin < 3 else "unknown"
+        if self.metrics is not None:
+            self.metrics.dead_lettered(topic, rec.error_code)
+        return dead_letter_output(
+            rec, raw=value, topic=topic, partition=int(hs.get(codecs.H_PART, b"-1")),
+            offset=int(hs.get(codecs.H_OFFSET, b"-1")), key=None,
+        )
+
+    async def _produce(self, outputs: list[Output]) -> None:
+        if not outputs:
+            return
+        send = self.app.producer.send
+        topics = {"line": self.lines_topic, "alert": self.alerts_topic, "dead": self.dead_topic}
+        futures = [await send(topics[o.kind], o.key, o.value, None, None, o.headers)
+                   for o in outputs]
+        await asyncio.gather(*futures)
+        m = self.metrics
+        if m is None:
+            return
+        t = time.time()
+        for o in outputs:
+            if o.kind == "line":
+                m.record_line(o.record, count_value=o.count_value)
+                if o.input_ts:
+                    m.observe_latency("charge_line", t - o.input_ts)
+            elif o.kind == "alert":
+                m.record_alert(o.record, group=o.partition)
+                if o.input_ts:
+                    m.observe_latency("alert", t - o.input_ts)
+
+    # ------------------------------------------------------------------ timers / rebalance
+
+    async def _tick(self) -> None:
+        send = self.app.producer.send
+        futures = [await send(self.repartition_name, None, b"", p, None, codecs.TICK_HEADERS)
+                   for p in range(self.opts.partitions)]
+        await asyncio.gather(*futures)
+
+    def _active_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives()
+                if tp.topic == self.repartition_name}
+
+    async def _on_recover(self) -> None:
+        actives = self._active_partitions()
+        for p in list(self.stage2.parts):
+            if p not in actives:
+                self.stage2.revoke(p)
+        n = self.opts.partitions
+        by_part: dict[int, list] = defaultdict(list)
+        for key, value in self.table.data.items():
+            if key[:1] == MARKER_PREFIX:
+                p = int(key[1:])
+            else:
+                p = codecs.partition_for(key[1:], n)
+            if p in actives:
+                by_part[p].append((key, value))
+        for p in sorted(actives):
+            self.stage2.rebuild(p, by_part.get(p, ()))
+        self.recovered = True
+        log.info("recovery complete: %d active partition(s)", len(actives))
+
+    async def _on_revoked(self, sender, revoked, **kwargs) -> None:
+        for tp in revoked:
+            if tp.topic == self.repartition_name:
+                self.stage2.revoke(tp.partition)
+            if self.metrics is not None:
+                self.metrics.remove_consumer_lag(tp.topic, tp.partition)
+
+    async def _update_lag(self) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        consumer = self.app.consumer
+        try:
+            assignment = consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started yet
+            return
+        committed = getattr(consumer, "_committed_offset", {})
+        for tp in assignment:
+            if tp.topic not in self.origin_of and tp.topic != self.repartition_name:
+                continue
+            try:
+                hw = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001
+                continue
+            if hw is None:
+                continue
+            c = committed.get(tp)
+            m.set_consumer_lag(tp.topic, tp.partition, hw - (c or 0))

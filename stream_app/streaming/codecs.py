@@ -1,0 +1,139 @@
+"""Wire formats of the streaming worker (internal topics, table values, outputs).
+
+Nothing here does I/O; everything is unit-testable.
+
+* **Repartition topic** (`{app_id}-patient-records`): key = `patient_id` (UTF-8), value =
+  the *original* input bytes, unchanged. Headers carry what stage 2 needs from the input
+  message: `o` = index of the origin topic (0 administrations, 1 E/M, 2 dispenses),
+  `t` = the input's Kafka timestamp in ms (decision latency is measured from it),
+  `p`/`f` = origin partition / offset (for a dead letter raised in stage 2).
+  Tick messages (timed settle/close/retention work) have no key, an empty value and the
+  header `k: tick`. The partition is chosen explicitly with `partition_for()` (CRC-32 of
+  the key) so the worker can tell which partition owns a table key after recovery.
+* **Table values**: a 21-byte header (`version`, `next_due` as a double, NaN = nothing
+  due, `written_us`, `open_days`) followed by `PatientState.to_bytes()`. The header lets
+  the worker rebuild its due index and gauges after recovery without deserialising every
+  state.
+* **Outputs**: orjson of the engine's decision dicts, headers `content-type`, `schema`
+  and (alerts) `work_queue`.
+* **Dead letters**: contract.md §3 plus `raw_base64` when the value is not valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import zlib
+
+import orjson
+
+# Header names on the internal repartition topic.
+H_ORIGIN = "o"
+H_TS = "t"
+H_PART = "p"
+H_OFFSET = "f"
+H_KIND = "k"
+TICK = b"tick"
+
+CONTENT_TYPE = ("content-type", b"application/json")
+LINE_SCHEMA = ("schema", b"chargecap.charge-line.v1")
+ALERT_SCHEMA = ("schema", b"chargecap.correction-alert.v1")
+LINE_HEADERS = [CONTENT_TYPE, LINE_SCHEMA]
+
+_STATE_HEADER = struct.Struct(">BdqI")
+STATE_VERSION = 1
+STATE_HEADER_SIZE = _STATE_HEADER.size
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Partition of a patient key on the repartition topic (and its table changelog)."""
+    return zlib.crc32(key) % partitions
+
+
+def encode_state(
+    next_due: float | None, written_us: int, open_days: int, state_bytes: bytes
+) -> bytes:
+    due = math.nan if next_due is None else float(next_due)
+    return _STATE_HEADER.pack(STATE_VERSION, due, written_us, open_days) + state_bytes
+
+
+def decode_state_header(value: bytes) -> tuple[float | None, int, int]:
+    """(next_due, written_us, open_days) of a stored table value."""
+    version, due, written, open_days = _STATE_HEADER.unpack_from(value, 0)
+    if version != STATE_VERSION:
+        raise ValueError(f"unknown table value version {version}")
+    return (None if math.isnan(due) else due), written, open_days
+
+
+def state_payload(value: bytes) -> memoryview | bytes:
+    return value[STATE_HEADER_SIZE:]
+
+
+def record_headers(origin: int, ts_ms: int, partition: int, offset: int) -> list:
+    return [
+        (H_ORIGIN, str(origin).encode()),
+        (H_TS, str(ts_ms).encode()),
+        (H_PART, str(partition).encode()),
+        (H_OFFSET, str(offset).encode()),
+    ]
+
+
+TICK_HEADERS = [(H_KIND, TICK)]
+
+
+def parse_headers(headers) -> dict[str, bytes]:
+    """Faust gives headers as a list of (str, bytes) pairs or a mapping."""
+    if not headers:
+        return {}
+    if isinstance(headers, dict):
+        return headers
+    return {k: v for k, v in headers}
+
+
+def alert_headers(work_queue: str | None) -> list:
+    hs = [CONTENT_TYPE, ALERT_SCHEMA]
+    if work_queue:
+        hs.append(("work_queue", work_queue.encode()))
+    return hs
+
+
+def dead_letter_value(
+    *,
+    error_code: str,
+    error: str,
+    field: str | None,
+    raw: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+) -> bytes:
+    """The dead-letter record of contract.md §3 (Kafka flavour).
+
+    `raw` is the original value decoded as UTF-8 (invalid sequences replaced); when the
+    value is not valid UTF-8, `raw_base64` carries the exact original bytes as well.
+    `key` is the original key decoded the same way (`key_base64` when not UTF-8).
+    """
+    out: dict = {"error_code": error_code, "error": error, "field": field}
+    raw_text, raw_b64 = _text_and_b64(raw)
+    out["raw"] = raw_text
+    if raw_b64 is not None:
+        out["raw_base64"] = raw_b64
+    out["topic"] = topic
+    out["partition"] = partition
+    out["offset"] = offset
+    key_text, key_b64 = _text_and_b64(key)
+    out["key"] = key_text
+    if key_b64 is not None:
+        out["key_base64"] = key_b64
+    return orjson.dumps(out)
+
+
+def _text_and_b64(b: bytes | None) -> tuple[str | None, str | None]:
+    if b is None:
+        return None, None
+    try:
+        return bytes(b).decode("utf-8"), None
+    except UnicodeDecodeError:
+        return bytes(b).decode("utf-8", errors="replace"), base64.b64encode(b).decode("ascii")

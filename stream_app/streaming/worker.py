@@ -1,0 +1,160 @@
+"""`python -m stream_app worker`: the Faust worker (contract.md §5, docs/streaming.md).
+
+Start-up order: settings → rule data (a malformed rule file stops here with
+`FILE:LINE:COLUMN: message` and exit status 2, before anything connects) → engine →
+metrics server (`/metrics`, `/healthz` on CHARGECAP_METRICS_ADDR, 127.0.0.1 by default;
+`/healthz` answers 503 until partitions are assigned and table recovery is done) → Faust
+worker. SIGTERM / SIGINT stop it cleanly (in-flight batch finished, offsets committed).
+
+Logs never carry patient, encounter or record ids or diagnosis codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from stream_app.config import ConfigError, add_settings_arguments, settings_from_args
+
+log = logging.getLogger("stream_app.worker")
+
+# Worker tuning beyond contract.md §6: flag, env var, type, default, help.
+_TUNING = (
+    ("partitions", "--partitions", int, 6, "partitions of the repartition topic / table"),
+    ("batch_size", "--batch-size", int, 2000, "max messages per processing batch"),
+    ("batch_within", "--batch-within", float, 0.02, "seconds to wait to fill a batch"),
+    ("session_timeout", "--session-timeout", float, 30.0, "Kafka consumer session timeout (s)"),
+    ("heartbeat_interval", "--heartbeat-interval", float, 3.0, "consumer heartbeat (s)"),
+    ("rebalance_timeout", "--rebalance-timeout", float, 60.0, "consumer rebalance timeout (s)"),
+)
+
+
+def _env(name: str) -> str:
+    return "CHARGECAP_" + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser)
+    group = parser.add_argument_group("worker tuning (flag > CHARGECAP_* environment > default)")
+    for name, flag, _typ, default, help_text in _TUNING:
+        group.add_argument(flag, dest=name, default=None, metavar=name.upper(),
+                           help=f"{help_text} [env {_env(name)}, default {default}]")
+    group.add_argument("--loglevel", dest="faust_loglevel", default=None,
+                       help="Faust worker log level (default: the global --log-level)")
+
+
+def stream_options(args: argparse.Namespace | None, environ=None):
+    from stream_app.streaming.app import StreamOptions
+
+    env = os.environ if environ is None else environ
+    values = {}
+    for name, flag, typ, _default, _help in _TUNING:
+        raw = getattr(args, name, None) if args is not None else None
+        source = flag
+        if raw is None and env.get(_env(name)):
+            raw, source = env[_env(name)], _env(name)
+        if raw is None:
+            continue
+        try:
+            values[name] = typ(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: invalid value {raw!r} for {name}") from exc
+        if values[name] <= 0:
+            raise ConfigError(f"{source}: {name} must be positive")
+    return StreamOptions(**values)
+
+
+def build(settings, opts):
+    """Rule data, engine, metrics and the Faust streams (raises RuleDataError)."""
+    from stream_app.engine.core import Engine
+    from stream_app.engine.engine import EngineSettings
+    from stream_app.engine.ruledata import RuleSet
+    from stream_app.engine.state import PatientState
+    from stream_app.metrics import Metrics
+    from stream_app.streaming.app import ChargecapStreams
+
+    rules = RuleSet.load(settings.rules_dir)
+    engine = Engine(rules, EngineSettings(
+        settle_seconds=settings.settle_seconds,
+        close_after_seconds=settings.close_after_seconds,
+        retention_days=settings.retention_days,
+        default_tz=settings.timezone,
+    ))
+    input_topics = [settings.topic(t) for t in
+                    ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")]
+    metrics = Metrics(topics=input_topics + [f"{settings.app_id}-patient-records"])
+    return ChargecapStreams(settings, engine, PatientState, metrics, opts)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    opts = stream_options(args)
+    from stream_app.engine.ruledata import RuleDataError
+
+    try:
+        streams = build(settings, opts)
+    except RuleDataError as exc:
+        print(f"chargecap worker: invalid rule data: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"chargecap worker: cannot load rule data: {exc}", file=sys.stderr)
+        return 2
+
+    from stream_app.metrics import serve
+
+    try:
+        server = serve(streams.metrics, settings.metrics_addr, streams.ready)
+    except OSError as exc:
+        print(f"chargecap worker: cannot serve metrics on {settings.metrics_addr}: {exc}",
+              file=sys.stderr)
+        return 2
+    log.info("metrics on %s/metrics (topic prefix %r, app id %r, store %s)",
+             getattr(server, "url", settings.metrics_addr), settings.topic_prefix,
+             settings.app_id, settings.store)
+    if str(settings.store).startswith("rocksdb"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    import faust
+
+    loglevel = getattr(args, "faust_loglevel", None) or getattr(args, "log_level", "INFO")
+    worker = faust.Worker(streams.app, loglevel=str(loglevel).lower(), quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code
+    finally:
+        streams.stopping = True
+        _close(server)
+    return 0
+
+
+def _close(server) -> None:
+    for name in ("close", "shutdown", "stop"):
+        fn = getattr(server, name, None)
+        if callable(fn):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                pass
+            return
+
+
+def main(argv=None) -> int:  # pragma: no cover - `python -m stream_app worker` is the entry
+    parser = argparse.ArgumentParser(prog="chargecap-worker")
+    parser.add_argument("--log-level", default=os.environ.get("CHARGECAP_LOG_LEVEL", "INFO"))
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"chargecap worker: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
