@@ -340,9 +340,7 @@ class Metrics:
 
     def dead_lettered(self, topic: str, error_code: str, n: int = 1) -> None:
         if n > 0:
-            self.events_dead_lettered.labels(
-                self.topic_label(topic), self.error_label(error_code)
-            ).inc(n)
+            self.events_dead_lettered.labels(self.topic_label(topic), self.error_label(error_code)).inc(n)
 
     def duplicate(self, topic: str, n: int = 1) -> None:
         if n > 0:
@@ -357,13 +355,9 @@ class Metrics:
     def line_emitted(self, code: str | None, state: str, n: int = 1) -> None:
         """Count `n` charge-line messages produced (every emission, re-emissions included)."""
         if n > 0:
-            self.charge_lines_emitted.labels(
-                code_family(code), _pick(state, LINE_STATES, OTHER)
-            ).inc(n)
+            self.charge_lines_emitted.labels(code_family(code), _pick(state, LINE_STATES, OTHER)).inc(n)
 
-    def alert_emitted(
-        self, reason_code: str, severity: str, work_queue: str, state: str, n: int = 1
-    ) -> None:
+    def alert_emitted(self, reason_code: str, severity: str, work_queue: str, state: str, n: int = 1) -> None:
         """Count `n` correction-alert messages produced (every emission)."""
         if n > 0:
             self.alerts_emitted.labels(
@@ -397,22 +391,16 @@ class Metrics:
 
     # ---------------------------------------------------------------- revenue at risk
 
-    def set_revenue_at_risk(
-        self, payer_class: str | None, reason_code: str, dollars: float
-    ) -> None:
+    def set_revenue_at_risk(self, payer_class: str | None, reason_code: str, dollars: float) -> None:
         """Set one gauge child directly (for callers that compute the totals themselves;
         do not mix with `track_alert` for the same labels)."""
         d = _finite(dollars) or 0.0
-        self.revenue_at_risk.labels(
-            self.payer_label(payer_class), self.reason_label(reason_code)
-        ).set(d)
+        self.revenue_at_risk.labels(self.payer_label(payer_class), self.reason_label(reason_code)).set(d)
 
     def add_revenue_at_risk(self, payer_class: str | None, reason_code: str, delta: float) -> None:
         d = _finite(delta)
         if d:
-            self.revenue_at_risk.labels(
-                self.payer_label(payer_class), self.reason_label(reason_code)
-            ).inc(d)
+            self.revenue_at_risk.labels(self.payer_label(payer_class), self.reason_label(reason_code)).inc(d)
 
     def track_alert(
         self,
