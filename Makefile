@@ -71,6 +71,7 @@ test: bootstrap prometheus
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 demo: bootstrap kafka-up
+	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
 	CHARGECAP_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m stream_app demo
 
 bench: install
