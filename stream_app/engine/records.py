@@ -122,8 +122,6 @@ class Dispense(_Common):
 InputRecord = Administration | EMService | Dispense
 
 
-def parse_record(raw: bytes | str, *, default_tz: str = "UTC") -> InputRecord | DeadLetter:
-    """Parse one message value. Never raises."""
-    from stream_app.engine._parse import parse_record as _impl
-
-    return _impl(raw, default_tz=default_tz)
+# The parser lives in _parse.py (it imports the types above); bound here so callers keep
+# one import and the hot path pays no per-call import.
+from stream_app.engine._parse import parse_record  # noqa: E402, F401
