@@ -416,8 +416,7 @@ class Evaluator:
     # ------------------------------------------------------------------ drug lines
 
     def _drug_billable(self, f: _AdminFacts) -> bool:
-        cat = f.rec.drug.category
-        if cat in ("vaccine", "procedural"):
+        if f.rec.drug.category in self.d.no_drug_line_categories["categories"]:
             return False
         return f.route not in (nz.ORAL, nz.OTHER) or bool(f.rec.drug.hcpcs)
 
