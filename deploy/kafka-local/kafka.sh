@@ -45,7 +45,7 @@ fetch() {
   command -v mvn >/dev/null 2>&1 ||
     die "mvn not found; install Maven: apt-get update && apt-get install -y maven"
   say "resolving Apache Kafka from Maven Central into $HERE/libs"
-  (cd "$HERE" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=libs) ||
+  (cd "$HERE" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DoutputDirectory=libs) ||
     die "maven could not resolve Kafka (see output above)"
   have_libs || die "maven ran but libs/ has no kafka_2.13 jar"
 }
