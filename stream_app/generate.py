@@ -423,9 +423,12 @@ _W_SETTING = _Weighted(SETTINGS)
 _W_SCENARIO = _Weighted(SCENARIOS)
 _W_IMSC = _weighted_drugs(IMSC_DRUGS)
 _W_IMSC_NO_MEDROXY = _weighted_drugs(d for d in IMSC_DRUGS if d.hcpcs != "J1050")
+# 96372 drugs only (error encounters need one to host the problem)
+_W_IMSC_96372 = _weighted_drugs(d for d in IMSC_DRUGS if d.category in (
+    "therapeutic", "prophylactic") and d.hcpcs != "J1050")
 _W_IMSC_SINGLE = _weighted_drugs(
     d for d in IMSC_DRUGS if any(p.container == SD for p in d.products)
-    and d.hcpcs != "J1050")
+    and d.hcpcs != "J1050" and d.category in ("therapeutic", "prophylactic"))
 _W_PUSH = _weighted_drugs(PUSH_DRUGS)
 _W_INFUSION = _weighted_drugs(INFUSION_DRUGS)
 _W_VACCINE = _weighted_drugs(VACCINES)
@@ -561,6 +564,7 @@ class _Generator:
         self._w_err_medicare = (_Weighted(medicare_w)
                                 if sum(w for _, w in medicare_w) > 0 else None)
         self._w_err_other = _Weighted(other_w) if sum(w for _, w in other_w) > 0 else None
+        self._given: set[str] = set()  # HCPCS codes the current patient already received
         self.n_event = 0
         self.n_record = 0
         self.n_staff = 0
@@ -776,6 +780,7 @@ class _Generator:
             payer = _W_PAYER.pick(rng)
             clinic = self.clinics[rng.randrange(len(self.clinics))]
             self.stats["patients"] += 1
+            self._given: set[str] = set()
             for day in range(self.days):
                 if rng.random() < self.visit_rate:
                     self._encounter(patient_id, payer, clinic, day)
@@ -832,6 +837,8 @@ class _Generator:
         n_imsc = 0
         if scenario in ("imsc", "imsc_vaccine"):
             w = _W_IMSC_NO_MEDROXY if payer == "medicare" else _W_IMSC
+            if error is not None:
+                w = _W_IMSC_96372
             if error == "medicare_waste_missing":
                 w = _W_IMSC_SINGLE
             r = rng.random()
@@ -842,6 +849,8 @@ class _Generator:
             for _ in range(n_imsc * 4):
                 spec = IMSC_BY_NAME[rng.choice(REPEATABLE)] if (
                     error == "repeat_same_drug") else w.pick(rng)
+                if spec.hcpcs in self._given and error != "repeat_same_drug":
+                    continue  # a drug given to this patient on an earlier day: rarely again
                 if all(spec.hcpcs != c.hcpcs for c in chosen):
                     chosen.append(spec)
                 if len(chosen) == n_imsc:
@@ -905,9 +914,13 @@ class _Generator:
         if scenario == "home":
             spec = IMSC_BY_NAME[rng.choice(("cyanocobalamin", "enoxaparin sodium",
                                             "ceftriaxone", "heparin sodium"))]
-            admins.append(self._admin(common, spec, t))
+            if spec.hcpcs not in self._given:
+                admins.append(self._admin(common, spec, t))
 
         injection_day = any(a["injection"] for a in admins)
+        for a in admins:
+            if a["spec"].hcpcs:
+                self._given.add(a["spec"].hcpcs)
 
         # --- E/M ----------------------------------------------------------------------
         em = None
@@ -1221,7 +1234,9 @@ class _Generator:
             rec["charge_code"] = "96372"
             return rec, valid, False, []
         if kind == "invalid_npi":
-            candidates = [a["rec"] for a in admins] + ([em[0]] if em else [])
+            # only records that derive a line (not oral meds) can carry a billable NPI
+            candidates = [a["rec"] for a in admins if a["spec"].routes[0][0] != "ORAL"]
+            candidates += [em[0]] if em else []
             if not candidates:
                 return None, None, False, []
             rec = candidates[rng.randrange(len(candidates))]
@@ -1284,6 +1299,8 @@ class _Generator:
             rec["charge_modifiers"] = ["25"]
         elif kind == "duplicate_administration":
             clinic = c["clinic"]
+            if "ndc" not in rec["drug"]:  # keep dispense matching unambiguous
+                rec["drug"]["ndc"] = self._ndc_form(first["product"].ndc)
             dup = snapshot(rec)
             dup["event_id"] = self._event_id()
             dup["record_id"] = self._record_id("mar")
@@ -1311,6 +1328,8 @@ class _Generator:
             return dup, None, True, []
         elif kind == "repeat_same_drug":
             clinic = c["clinic"]
+            if "ndc" not in rec["drug"]:  # else its dispense could match the repeat by NDC
+                rec["drug"]["ndc"] = self._ndc_form(first["product"].ndc)
             rep = snapshot(rec)
             rep["event_id"] = self._event_id()
             rep["record_id"] = self._record_id("mar")
