@@ -36,7 +36,9 @@ class Engine:
     # ------------------------------------------------------------------ public API
 
     def ingest(self, state: PatientState | None, records: list, now: float,
-               rev_floor: int = 0) -> tuple[PatientState | None, Outcome]:
+               rev_floor: int = 0, evaluate: bool = True) -> tuple[PatientState | None, Outcome]:
+        """Apply records of one patient. `evaluate=False` only stores them (replay, whose
+        clock stands still, evaluates once in `finish`; the settled view is the same)."""
         out = Outcome()
         if not records:
             return state, out
@@ -61,7 +63,8 @@ class Engine:
             cur = state.records.get(key)
             if cur is None or (rec.recorded_at, rec.event_id) > (cur.recorded_at, cur.event_id):
                 state.records[key] = rec
-        self._evaluate(state, now, rev_floor, out)
+        if evaluate:
+            self._evaluate(state, now, rev_floor, out)
         return state, out
 
     def advance(self, state: PatientState, now: float,
@@ -89,12 +92,14 @@ class Engine:
                rev_floor: int = 0) -> tuple[PatientState, Outcome]:
         """End of replay input: every patient-day settles, then closes."""
         out = Outcome()
-        self._evaluate(state, now, rev_floor, out, force_settled=True)
+        views = self._evaluate(state, now, rev_floor, out, force_settled=True)
         for ds in state.days.values():
             if not ds.closed:
                 ds.closed_at = now
                 out.closed_days += 1
-        self._evaluate(state, now, rev_floor, out, force_settled=True)
+        # Closing changes nothing but `final`: diff the same views again.
+        for iso, ds in state.days.items():
+            self._diff_day(state, ds, views.get(date.fromisoformat(iso)), rev_floor, out)
         return state, out
 
     def reemit(self, state: PatientState, now: float, rev_floor: int) -> tuple[PatientState, Outcome]:
@@ -133,7 +138,7 @@ class Engine:
         state.seen = {e: d for e, d in state.seen.items() if d != iso}
 
     def _evaluate(self, state: PatientState, now: float, rev_floor: int, out: Outcome,
-                  force_settled: bool = False) -> None:
+                  force_settled: bool = False) -> dict[date, DayView]:
         settle = self.settings.settle_seconds
         days = state.days
 
@@ -155,6 +160,7 @@ class Engine:
             self._diff_day(state, ds, view, rev_floor, out)
             if settled(date.fromisoformat(iso)):
                 ds.settled_evaluated = True
+        return views
 
     def _diff_day(self, state: PatientState, ds: DayState, view: DayView | None, rev_floor: int,
                   out: Outcome) -> None:

@@ -146,13 +146,30 @@ def _alert(day_alerts: list[Alert], reason: str, rec, subject: str, code, lines,
                             details or {}, severity))
 
 
+class _CachedRules:
+    """RuleSet look-ups memoised per (arguments): the same codes and service dates recur
+    on every evaluation, and rule data never changes while the engine runs."""
+
+    def __init__(self, rules: RuleSet):
+        self._rules = rules
+
+    def __getattr__(self, name: str):
+        fn = lru_cache(maxsize=65536)(getattr(self._rules, name))
+        setattr(self, name, fn)
+        return fn
+
+
+_npi_valid = lru_cache(maxsize=65536)(nz.npi_valid)
+_icd10cm_shaped = lru_cache(maxsize=65536)(nz.icd10cm_shaped)
+
+
 class Evaluator:
     """Holds the rule data; `evaluate_patient` is the pure derivation."""
 
     def __init__(self, rules: RuleSet, derivation: Derivation):
-        self.rules = rules
+        self.rules = _CachedRules(rules)
         self.d = derivation
-        self._fee = lru_cache(maxsize=65536)(self.rules.fee)
+        self._fee = self.rules.fee
 
     # ------------------------------------------------------------------ entry point
 
@@ -521,7 +538,7 @@ class Evaluator:
                        f"No ICD-10-CM diagnosis on record {rec.record_id}",
                        "Add the diagnosis that supports medical necessity")
             return
-        bad = [i for i, c in enumerate(rec.diagnosis_codes) if not nz.icd10cm_shaped(c)]
+        bad = [i for i, c in enumerate(rec.diagnosis_codes) if not _icd10cm_shaped(c)]
         if bad:
             _alert(alerts, R.INVALID_DIAGNOSIS_CODE, rec, subject, code, [],
                    f"Diagnosis code position(s) {', '.join(str(i + 1) for i in bad)} on record "
@@ -532,7 +549,7 @@ class Evaluator:
 
     def _npi(self, rec, alerts, subject, code, npis) -> None:
         """INVALID_NPI: the Luhn check digit over 80840 + 9 digits (billing-rules §8)."""
-        bad = [name for name, value in npis if value is not None and not nz.npi_valid(value)]
+        bad = [name for name, value in npis if value is not None and not _npi_valid(value)]
         if bad:
             _alert(alerts, R.INVALID_NPI, rec, subject, code, [],
                    f"{' and '.join(bad)} on record {rec.record_id} fails the NPI check digit",
@@ -716,7 +733,7 @@ class Evaluator:
                 _alert(alerts, R.MODIFIER_NOT_ALLOWED, e, subject, e.code, [ln],
                        f"Modifier(s) {', '.join(bad)} not allowed on E/M {e.code}",
                        f"Remove {', '.join(bad)} from {e.code}", {"modifiers": bad})
-            if e.rendering_npi is not None and not nz.npi_valid(e.rendering_npi):
+            if e.rendering_npi is not None and not _npi_valid(e.rendering_npi):
                 _alert(alerts, R.INVALID_NPI, e, subject, e.code, [ln],
                        f"rendering_npi on record {e.record_id} fails the NPI check digit",
                        "Correct the NPI from the provider enrollment record",
