@@ -32,6 +32,22 @@ SPEC_DIR = REPO.parent / "shared" / "spec"
 EXAMPLES_DIR = SPEC_DIR / "examples"
 
 
+# How the session got its broker, for the terminal summary ("ran against a real Kafka").
+_BROKER_NOTE: list[str] = []
+
+
+def pytest_report_header(config):
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        return f"kafka: KAFKA_BOOTSTRAP={os.environ['KAFKA_BOOTSTRAP']}"
+    port = os.environ.get("KAFKA_PORT", "9092")
+    return f"kafka: local Apache Kafka (deploy/kafka-local) on 127.0.0.1:{port}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _BROKER_NOTE:
+        terminalreporter.write_line(f"integration tests ran against {_BROKER_NOTE[0]}")
+
+
 def make_unique_name(prefix: str = "t") -> str:
     """A Kafka-safe name unique across tests and concurrent test sessions."""
     return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
@@ -55,11 +71,13 @@ def kafka_bootstrap():
         bootstrap = ",".join(part.split("://")[-1] for part in env.split(","))
         if not broker_answers(bootstrap, timeout=10):
             pytest.fail(f"KAFKA_BOOTSTRAP={env} does not answer a Metadata request")
+        _BROKER_NOTE.append(f"the Kafka broker at {bootstrap} (KAFKA_BOOTSTRAP)")
         yield bootstrap
         return
     port = os.environ.get("KAFKA_PORT", "9092")
     bootstrap = f"127.0.0.1:{port}"
     if broker_answers(bootstrap):
+        _BROKER_NOTE.append(f"the Kafka broker already running at {bootstrap} (reused, left running)")
         yield bootstrap  # someone else's broker: use it, never stop it
         return
     script_env = {**os.environ, "KAFKA_PORT": port}
@@ -72,6 +90,9 @@ def kafka_bootstrap():
     )
     if started.returncode != 0:
         pytest.fail(f"could not start the local Kafka ({KAFKA_SH} up):\n{started.stdout}\n{started.stderr}")
+    _BROKER_NOTE.append(
+        f"a real Apache Kafka broker started by this session at {bootstrap} (deploy/kafka-local)"
+    )
     try:
         yield bootstrap
     finally:
