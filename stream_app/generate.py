@@ -492,6 +492,16 @@ class GeneratedStream:
         for topic, key, payload in self._plan:
             yield topic, key, payload if type(payload) is bytes else dumps(payload)
 
+    def iter_labeled_messages(self) -> Iterator[tuple[str, bytes | None, bytes, str | None]]:
+        """(topic, key, value, malformed kind or None) in send order."""
+        bad = iter(self.malformed)
+        dumps = orjson.dumps
+        for topic, key, payload in self._plan:
+            if type(payload) is bytes:
+                yield topic, key, payload, next(bad)
+            else:
+                yield topic, key, dumps(payload), None
+
     @property
     def messages(self) -> list[Message]:
         if self._messages is None:
@@ -714,31 +724,52 @@ class _Generator:
             self._emit(gone, tz, last, label)
 
     def _amend(self, rec: dict) -> None:
-        """A benign change (never introduces an error)."""
+        """A benign change (never introduces or fixes an error); always changes something."""
         rng = self.rng
         et = rec["event_type"]
-        if et == ADMINISTRATION:
-            choice = rng.randrange(3)
+
+        def swap_site() -> bool:
             site = rec.get("site")
-            if choice == 0 and site:
-                rec["site"] = (site.replace("left", "right") if "left" in site
-                               else site.replace("right", "left"))
-            elif choice == 1 and rec.get("diagnosis_codes"):
-                extra = rng.choice(CHRONIC_DX)
-                if extra not in rec["diagnosis_codes"]:
-                    rec["diagnosis_codes"] = [*rec["diagnosis_codes"], extra]
-            elif rec["drug"].get("lot_number"):
-                rec["drug"]["lot_number"] = self._lot()
-        elif et == EM_SERVICE:
+            if not site or ("left" not in site and "right" not in site):
+                return False
+            rec["site"] = (site.replace("left", "right") if "left" in site
+                           else site.replace("right", "left"))
+            return True
+
+        def add_dx() -> bool:
+            dx = rec.get("diagnosis_codes")
+            if not dx:
+                return False
+            extra = [d for d in CHRONIC_DX if d not in dx]
+            if not extra:
+                return False
+            rec["diagnosis_codes"] = [*dx, extra[rng.randrange(len(extra))]]
+            return True
+
+        def new_lot() -> bool:
+            holder = rec["drug"] if et == ADMINISTRATION else rec
+            if not holder.get("lot_number"):
+                return False
+            holder["lot_number"] = self._lot()
+            return True
+
+        def bump_code() -> bool:
             code = rec.get("code")
-            if code in ("99212", "99213", "99214") and rng.random() < 0.6:
-                rec["code"] = str(int(code) + 1)
-            elif rec.get("diagnosis_codes"):
-                extra = rng.choice(CHRONIC_DX)
-                if extra not in rec["diagnosis_codes"]:
-                    rec["diagnosis_codes"] = [*rec["diagnosis_codes"], extra]
+            if code not in ("99212", "99213", "99214"):
+                return False
+            rec["code"] = str(int(code) + 1)
+            return True
+
+        if et == ADMINISTRATION:
+            changes = [swap_site, add_dx, new_lot]
+        elif et == EM_SERVICE:
+            changes = [bump_code, add_dx]
         else:
-            rec["lot_number"] = self._lot()
+            changes = [new_lot]
+        k = rng.randrange(len(changes))
+        for change in changes[k:] + changes[:k]:
+            if change():
+                return
 
     def _lot(self) -> str:
         rng = self.rng
@@ -1177,6 +1208,10 @@ class _Generator:
         else:
             d["occurred_at"] = self._ts(tz, dt)
         recorded = dt + rng.randint(0, 120)
+        if rng.random() < 0.5:  # else it defaults to occurred_at
+            d["recorded_at"] = self._ts(tz, recorded)
+        else:
+            recorded = dt
         d["facility_timezone"] = c["clinic"].tz_name
         d["ndc"] = self._ndc_form(a["product"].ndc, for_dispense=True)
         name = spec.name
@@ -1453,10 +1488,11 @@ def _malformed(rng: random.Random, tag: str, n: int, start: date) -> tuple[str, 
     if kind == "invalid_timestamp":
         base["occurred_at"] = rng.choice((
             f"{start.isoformat()} 10:00", f"{start.isoformat()}T10:00:00",
-            "yesterday", "2025-13-45T99:00:00Z", ""))
+            "yesterday", "2025-13-45T99:00:00Z", "10:00 AM"))
         return kind, orjson.dumps(base)
     if kind == "unknown_event_type":
-        base["event_type"] = rng.choice(("medication.ordered", "lab.result", "EM.SERVICE", ""))
+        base["event_type"] = rng.choice(("medication.ordered", "lab.result", "EM.SERVICE",
+                                         "drug.returned"))
         return kind, orjson.dumps(base)
     # binary garbage: not UTF-8 (0xff never appears in UTF-8), no newline bytes
     size = rng.randint(8, 512)
