@@ -38,11 +38,12 @@ import asyncio
 import gc
 import hashlib
 import math
+import os
 import random
 import sys
 from bisect import bisect
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import accumulate
@@ -1694,12 +1695,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--topic-prefix", dest="topic_prefix", default=None)
 
 
-def _settings(args: argparse.Namespace) -> tuple[str, str]:
+def _settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """(bootstrap servers, topic prefix, aiokafka security kwargs) from flags/env."""
     if settings_from_args is not None:
         s = settings_from_args(args)
-        return s.bootstrap_servers, s.topic_prefix
+        return s.bootstrap_servers, s.topic_prefix, s.aiokafka_security_kwargs()
     broker = getattr(args, "broker", None) or "kafka://localhost:9092"  # pragma: no cover
-    return kafka_bootstrap_servers(broker), getattr(args, "topic_prefix", None) or ""
+    return kafka_bootstrap_servers(broker), getattr(args, "topic_prefix", None) or "", {}
 
 
 def stream_from_args(args: argparse.Namespace, topic_prefix: str = "") -> GeneratedStream:
@@ -1717,32 +1719,45 @@ def _print_summary(stats: Counter, out=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The `generate` command. Exit status 0 on success."""
+    """The `generate` command. Exit status 0 on success, 2 on bad arguments."""
+    prefix = ""
+    security: dict[str, Any] = {}
+    bootstrap = ""
+    try:
+        if args.produce:
+            bootstrap, prefix, security = _settings(args)
+        stream = stream_from_args(args, prefix)
+    except ValueError as exc:  # includes config.ConfigError
+        print(f"generate: {exc}", file=sys.stderr)
+        return 2
     if args.produce:
         try:
-            bootstrap, prefix = _settings(args)
-        except ValueError as exc:
-            print(f"generate: {exc}", file=sys.stderr)
-            return 2
-        stream = stream_from_args(args, prefix)
-        try:
             sent = asyncio.run(produce(stream.messages, bootstrap, rate=args.rate,
-                                       duration=args.duration))
+                                       duration=args.duration, producer_kwargs=security))
         except KeyboardInterrupt:
             print("generate: interrupted", file=sys.stderr)
             return 130
-        except Exception as exc:  # noqa: BLE001 - report, never a traceback with data
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback with data
             print(f"generate: producing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         print(f"generate: produced {sent} of {len(stream.messages)} messages", file=sys.stderr)
-        if args.summary:
-            _print_summary(stream.stats)
-        return 0
-    stream = stream_from_args(args)
-    out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+    else:
+        try:
+            _write_ndjson(stream, args.out, args.include_malformed)
+        except BrokenPipeError:  # e.g. `generate | head`: not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
+    if args.summary:
+        _print_summary(stream.stats)
+    return 0
+
+
+def _write_ndjson(stream: GeneratedStream, path: str, include_malformed: bool) -> None:
+    out = sys.stdout.buffer if path == "-" else open(path, "wb")  # noqa: SIM115
     try:
         buf: list[bytes] = []
-        for line in stream.iter_ndjson(args.include_malformed):
+        for line in stream.iter_ndjson(include_malformed):
             buf.append(line)
             if len(buf) >= 5000:
                 buf.append(b"")
@@ -1755,9 +1770,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout.buffer:
             out.close()
-    if args.summary:
-        _print_summary(stream.stats)
-    return 0
 
 
 async def produce(
@@ -1769,12 +1781,15 @@ async def produce(
     chunk: int = 2000,
     progress: bool = True,
     producer_kwargs: dict[str, Any] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Send messages to Kafka in order; returns how many were acknowledged.
 
     `rate` > 0 paces the sends (messages per second); sends are batched: the futures of
     one chunk are gathered together, never one await per message. Progress goes to
-    stderr once a second (counts only). The producer is flushed and stopped at the end.
+    stderr once a second (counts only) unless `progress` is false; `on_progress(sent,
+    total)` is called after every chunk (e.g. for the demo's live display). The producer
+    is flushed and stopped at the end (also when cancelled).
     """
     from aiokafka import AIOKafkaProducer
 
@@ -1812,6 +1827,8 @@ async def produce(
             await asyncio.gather(*futures)
             i += len(batch)
             sent = i
+            if on_progress is not None:
+                on_progress(sent, total)
             now = loop.time()
             if progress and now >= next_report:
                 elapsed = now - t0

@@ -395,10 +395,10 @@ def test_produce_to_kafka_and_consume_back(kafka_bootstrap, tmp_path):
     from tests.conftest import make_unique_name
 
     prefix = make_unique_name("gen") + "."
-    args = dict(patients=60, days=2, malformed_rate=0.03)
-    stream = g.generate_stream(21, **args, topic_prefix=prefix)
+    stream = g.generate_stream(21, records=500, days=2, malformed_rate=0.03,
+                               topic_prefix=prefix)
     expected = stream.messages
-    assert 300 <= len(expected) <= 900
+    assert 450 <= len(expected) <= 600
     topics = sorted({t for t, _, _ in expected})
 
     async def create() -> None:
@@ -439,7 +439,7 @@ def test_produce_to_kafka_and_consume_back(kafka_bootstrap, tmp_path):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.run(
             [sys.executable, "-m", "stream_app", "generate", "--produce", "--seed", "21",
-             "--patients", "60", "--days", "2", "--malformed-rate", "0.03",
+             "--records", "500", "--days", "2", "--malformed-rate", "0.03",
              "--broker", f"kafka://{kafka_bootstrap}", "--topic-prefix", prefix,
              "--rate", "400"],
             capture_output=True, cwd=REPO, env=env, timeout=180)
