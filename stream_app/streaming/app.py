@@ -105,6 +105,59 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
     )
 
 
+def internal_topic_names(settings: Settings) -> tuple[str, str]:
+    """(repartition topic, table changelog topic) of an app id."""
+    return f"{settings.app_id}-patient-records", f"{settings.app_id}-patient-state-changelog"
+
+
+async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
+                                 timeout: float = 30.0) -> None:
+    """Create the internal topics before Faust subscribes, and wait until the broker's
+    metadata lists them: a topic Faust creates itself at start-up may be missing from the
+    first metadata it subscribes with ("Ignoring missing topic"), and the worker would
+    then never be assigned its partitions until the next metadata refresh."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    repartition, changelog = internal_topic_names(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                client_id=f"{settings.app_id}-setup",
+                                **settings.aiokafka_security_kwargs())
+    await admin.start()
+    try:
+        wanted = {
+            repartition: {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000),
+                          "max.message.bytes": str(opts.max_request_size)},
+            changelog: {"cleanup.policy": "compact",
+                        "max.message.bytes": str(opts.max_request_size)},
+        }
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name, opts.partitions, 1, topic_configs=cfg)
+               for name, cfg in wanted.items() if name not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout
+        while True:
+            described = await admin.describe_topics(list(wanted))
+            ok = all(d.get("error_code", 0) == 0 and len(d.get("partitions", ())) > 0
+                     for d in described)
+            if ok:
+                for d in described:
+                    if len(d["partitions"]) != opts.partitions:
+                        raise RuntimeError(
+                            f"internal topic {d['topic']} has {len(d['partitions'])} "
+                            f"partitions, the worker is configured for {opts.partitions}")
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("internal topics did not appear in the broker metadata")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 class _PartitionTable(TableAccess):
     """Table access for one partition from inside stage 2.
 
@@ -354,8 +407,9 @@ class ChargecapStreams:
         await asyncio.gather(*futures)
 
     def _active_partitions(self) -> set[int]:
+        changelog = self.table.changelog_topic_name
         return {tp.partition for tp in self.app.assignor.assigned_actives()
-                if tp.topic == self.repartition_name}
+                if tp.topic in (self.repartition_name, changelog)}
 
     async def _on_recover(self) -> None:
         actives = self._active_partitions()

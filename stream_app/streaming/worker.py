@@ -68,20 +68,12 @@ def stream_options(args: argparse.Namespace | None, environ=None):
 
 def build(settings, opts):
     """Rule data, engine, metrics and the Faust streams (raises RuleDataError)."""
-    from stream_app.engine.core import Engine
-    from stream_app.engine.engine import EngineSettings
-    from stream_app.engine.ruledata import RuleSet
     from stream_app.engine.state import PatientState
     from stream_app.metrics import Metrics
+    from stream_app.replay import build_engine  # the same engine construction as replay
     from stream_app.streaming.app import ChargecapStreams
 
-    rules = RuleSet.load(settings.rules_dir)
-    engine = Engine(rules, EngineSettings(
-        settle_seconds=settings.settle_seconds,
-        close_after_seconds=settings.close_after_seconds,
-        retention_days=settings.retention_days,
-        default_tz=settings.timezone,
-    ))
+    engine = build_engine(settings)
     input_topics = [settings.topic(t) for t in
                     ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")]
     metrics = Metrics(topics=input_topics + [f"{settings.app_id}-patient-records"])
@@ -115,6 +107,27 @@ def run(args: argparse.Namespace) -> int:
              settings.app_id, settings.store)
     if str(settings.store).startswith("rocksdb"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    import asyncio
+    import threading
+
+    from stream_app.streaming.app import ensure_internal_topics
+
+    errors: list[BaseException] = []
+
+    def _setup() -> None:
+        try:
+            asyncio.run(ensure_internal_topics(settings, opts))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=_setup, name="chargecap-setup")
+    t.start()
+    t.join()
+    if errors:
+        print(f"chargecap worker: cannot prepare internal topics: {errors[0]}", file=sys.stderr)
+        _close(server)
+        return 1
 
     import faust
 
