@@ -37,6 +37,7 @@ class ReplayResult:
     dead_letters: list[dict] = field(default_factory=list)
     records: int = 0
     duplicates: int = 0
+    by_event_type: Counter = field(default_factory=Counter)
 
     def settled_view(self) -> tuple[list[dict], list[dict]]:
         """Active lines and open alerts, without revision (contract.md §3)."""
@@ -106,6 +107,7 @@ def _replay(paths: list[str], engine: Engine, default_tz: str) -> ReplayResult:
             res.dead_letters.append(dead_letter_from_file(rec, raw, source, n))
             continue
         res.records += 1
+        res.by_event_type[rec.event_type] += 1
         pending[rec.patient_id].append(rec)
         count += 1
         if count % CHUNK == 0:
@@ -186,9 +188,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_metrics(res: ReplayResult, path: Path) -> None:
+    from stream_app.config import EVENT_TYPE_TOPICS
     from stream_app.metrics import Metrics, write_textfile
 
     m = Metrics()
+    for event_type, n in res.by_event_type.items():
+        m.consumed(EVENT_TYPE_TOPICS[event_type], n)
     for v in res.lines.values():
         m.record_line(v)
     for v in res.alerts.values():
