@@ -202,3 +202,24 @@ def test_em_alert_revenue_at_risk_is_the_held_em_line_fee():
     assert alert["revenue_at_risk"] == 124.0
     assert alert["line_id"] is not None
     assert alert["line_id"] not in {ln["line_id"] for ln in res.lines}
+
+
+def test_denial_risk_combines_several_warnings():
+    # J3490 has no billing unit (DRUG_UNITS_UNKNOWN, warn) and the dispense NDC differs
+    # (NDC_MISMATCH, warn): 1 - (1 - w1)(1 - w2) on every line of the record
+    res = run([admin_raw(order_id="ORD-2", drug={"name": "compounded", "hcpcs": "J3490",
+                                                 "ndc": "12345-6789-01"}),
+               dispense_raw(order_id="ORD-2", ndc="0409-3795-01")])
+    assert res.reasons() == sorted([R.DRUG_UNITS_UNKNOWN, R.NDC_MISMATCH])
+    expected = risk(WEIGHTS[R.DRUG_UNITS_UNKNOWN], WEIGHTS[R.NDC_MISMATCH])
+    assert expected == 0.44
+    for ln in res.lines:
+        assert ln["warnings"] == sorted([R.DRUG_UNITS_UNKNOWN, R.NDC_MISMATCH])
+        assert ln["denial_risk"] == expected
+
+
+def test_warn_alert_revenue_at_risk_is_the_warned_lines():
+    recs = [admin_raw(record_id=f"r{i}", time=f"{9 + i:02d}:00", drug=d)
+            for i, d in enumerate(FIVE)]
+    alert = run(recs).alert(R.MUE_EXCEEDED)
+    assert alert["revenue_at_risk"] == 20.0  # one commercial 96372 line

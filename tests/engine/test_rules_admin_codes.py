@@ -304,3 +304,29 @@ def test_em_only_day_has_no_administration_lines():
     res = run([em_raw(modifiers=[], separately_identifiable=False)])
     assert res.codes() == ["99213"]
     assert res.alerts == []
+
+
+# ---------------------------------------------------------------- push / infusion interplay
+
+
+def test_two_infusions_are_initial_then_sequential_96367():
+    # Spec names only 96365/96366; engine choice from the add-on table: a second infusion
+    # the same day is the sequential infusion 96367 (one initial service per day)
+    res = run([_iv("08:00", 40, route="IV_INFUSION"),
+               _iv("10:00", 40, route="IV_INFUSION", drug="morphine")])
+    assert _admin_codes(res) == [("96365", 1), ("96367", 1)]
+    assert res.alerts == []
+
+
+def test_push_on_an_infusion_day_is_sequential_even_when_given_first():
+    # Engine choice (spec silent on push + infusion the same day): CPT hierarchy, the
+    # infusion is the initial service and every push is 96375
+    res = run([_iv("08:00", None, route="IV_PUSH", drug="morphine"),
+               _iv("09:00", 40, route="IV_INFUSION")])
+    assert _admin_codes(res) == [("96365", 1), ("96375", 1)]
+    assert res.alerts == []
+
+
+def test_iv_push_route_is_a_push_whatever_its_duration():
+    res = run([_iv("08:00", 45, route="IV_PUSH")])
+    assert _admin_codes(res) == [("96374", 1)]

@@ -153,3 +153,21 @@ def test_em_invalid_rendering_npi():
     res = run([em_raw(rendering_npi="1234567890")])
     assert res.reasons() == [R.INVALID_NPI]
     assert res.lines == []
+
+
+def test_99211_bundling_payer_classes_are_configurable(tmp_path):
+    from tests.engine.builders import rules_dir_with
+
+    def commercial_pays_99211(rows):
+        head = rows[0]
+        ip, ib = head.index("payer_class"), head.index("bundle_99211")
+        return [head] + [r[:ib] + (["false"] if r[ip] == "commercial" else [r[ib]]) + r[ib + 1:]
+                         for r in rows[1:]]
+
+    d = rules_dir_with(tmp_path, "payer_profiles.csv", commercial_pays_99211)
+    com = run([admin_raw(), em_raw(code="99211", modifiers=["25"])], rules_dir=d)
+    assert R.EM_99211_SAME_DAY not in com.reasons()
+    assert com.line("99211")["modifiers"] == ["25"]
+    mcr = run([admin_raw(payer_class="medicare"),
+               em_raw(code="99211", modifiers=["25"], payer_class="medicare")], rules_dir=d)
+    assert _em_reasons(mcr) == [R.EM_99211_SAME_DAY]

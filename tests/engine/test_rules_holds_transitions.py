@@ -85,6 +85,22 @@ def test_amendment_to_another_record_type_with_same_record_id_is_separate():
     assert sorted(res.codes()) == ["96372", "99213", "J0696"]
 
 
+def test_amendment_moving_a_record_to_another_day_voids_the_old_days_lines():
+    eng = engine()
+    res = Result()
+    a = admin_raw(record_id="mar-1", recorded_at=at("09:30"), site=DROP)
+    state, out = eng.ingest(None, [parse(a)], 0.0)
+    res.keep(out)
+    moved = {**a, "event_id": "ev-moved", "occurred_at": at("09:20", "2025-03-13"),
+             "recorded_at": at("10:00"), "site": "left deltoid"}
+    state, out = eng.ingest(state, [parse(moved)], 1.0)
+    res.keep(out)
+    assert res.alerts == []  # the 03-14 MISSING_DOCUMENTATION is resolved
+    assert [v["reason_code"] for v in res.alerts_by_key.values()] == [R.MISSING_DOCUMENTATION]
+    assert {ln["service_date"] for ln in res.lines} == {"2025-03-13"}
+    assert sorted(res.codes()) == ["96372", "J0696"]
+
+
 # ---------------------------------------------------------------- entered-in-error
 
 

@@ -238,3 +238,17 @@ def test_withdrawing_the_first_releases_the_duplicate():
     assert res.alerts == []
     assert sorted(_by_record([a, b], res, "96372")) == ["b"]
     assert _by_record([a, b], res, "96372")["b"]["modifiers"] == []
+
+
+def test_same_drug_across_midnight_is_not_a_duplicate():
+    # Engine choice: the contract says "within 5 minutes"; billing-rules.md §5 says "on the
+    # same date". The engine checks duplicates within one patient-day (one claim date),
+    # so 23:58 and 00:02 (facility time) on two dates are both billed (76 is not needed:
+    # they are on different days).
+    recs = [admin_raw(record_id="a", occurred_at="2025-03-14T23:58:00-05:00"),
+            admin_raw(record_id="b", occurred_at="2025-03-15T00:02:00-05:00",
+                      rendering_npi=NPI_2)]
+    res = run(recs)
+    assert res.alerts == []
+    assert sorted(ln["service_date"] for ln in res.lines if ln["code"] == "96372") == \
+        ["2025-03-14", "2025-03-15"]

@@ -203,8 +203,30 @@ def test_dispenses_match_the_earliest_unmatched_administration_first():
 
 
 def test_one_dispense_for_two_administrations_leaves_the_second_without_ndc():
-    res = run([admin_raw(record_id="a", time="09:00", drug=NO_NDC),
-               admin_raw(record_id="b", time="13:00", drug=NO_NDC),
+    b = admin_raw(record_id="b", time="13:00", drug=NO_NDC)
+    res = run([admin_raw(record_id="a", time="09:00", drug=NO_NDC), b,
                dispense_raw(time="08:30")])
     assert res.reasons() == [R.MISSING_NDC]
-    assert res.alert(R.MISSING_NDC)["source_event_ids"][0].startswith("ev-a")
+    assert res.alert(R.MISSING_NDC)["source_event_ids"] == [b["event_id"]]
+    assert [ln["code"] for ln in res.lines if ln["code"].startswith("J")] == ["J0696"]
+
+
+def test_dispense_with_order_id_does_not_fall_back_to_ndc_matching():
+    # contract: NDC / name matching is for dispenses *without* order_id
+    res = run([admin_raw(drug=NO_NDC), dispense_raw(order_id="ORD-NONE")])
+    assert res.reasons() == [R.MISSING_NDC]
+
+
+def test_open_missing_ndc_stays_open_when_unrelated_records_arrive():
+    eng = engine()
+    res = Result()
+    state, out = eng.ingest(None, [admin(drug=NO_NDC)], now=0.0)
+    res.keep(out)
+    state, out = eng.advance(state, now=1000.0)
+    res.keep(out)
+    (alert,) = res.alerts
+    state, out = eng.ingest(state, [em()], now=1100.0)  # not settled again yet
+    res.keep(out)
+    assert alert["alert_id"] not in {d.key for d in out.decisions}
+    assert res.alerts == [alert]
+    assert [ln["code"] for ln in res.lines] == ["99213"]
