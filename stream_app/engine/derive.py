@@ -69,10 +69,12 @@ def _key(*parts: str) -> str:
     return blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
+@lru_cache(maxsize=1 << 18)
 def line_key(patient_id: str, day: date, event_type: str, record_id: str, role: str) -> str:
     return _key("line", patient_id, day.isoformat(), event_type, record_id, role)
 
 
+@lru_cache(maxsize=1 << 16)
 def alert_key(patient_id: str, day: date, reason_code: str, subject: str) -> str:
     return _key("alert", patient_id, day.isoformat(), reason_code, subject)
 
@@ -160,6 +162,8 @@ class _CachedRules:
 
 
 _npi_valid = lru_cache(maxsize=65536)(nz.npi_valid)
+_route = lru_cache(maxsize=1024)(nz.normalize_route)
+_ndc11 = lru_cache(maxsize=65536)(nz.ndc_to_11)
 _icd10cm_shaped = lru_cache(maxsize=65536)(nz.icd10cm_shaped)
 
 
@@ -231,10 +235,10 @@ class Evaluator:
     # ------------------------------------------------------------------ facts
 
     def _facts(self, a: Administration) -> _AdminFacts:
-        route = nz.normalize_route(a.route)
+        route = _route(a.route)
         if route is not None:
             route = nz.resolve_iv(route, a.occurred_at, a.ended_at)
-        ndc11 = nz.ndc_to_11(a.drug.ndc) if a.drug.ndc else None
+        ndc11 = _ndc11(a.drug.ndc) if a.drug.ndc else None
         name = (a.drug.name or "").strip().lower()
         return _AdminFacts(a, route, ndc11, bool(a.drug.ndc) and ndc11 is None, ndc11 or name)
 
@@ -253,7 +257,7 @@ class Evaluator:
                     target.dispenses.append(d)
                 continue
             same_day = [f for f in facts if f.rec.service_date == d.service_date and not f.dispenses]
-            d_ndc = nz.ndc_to_11(d.ndc) if d.ndc else None
+            d_ndc = _ndc11(d.ndc) if d.ndc else None
             target = None
             if d_ndc:
                 target = next((f for f in same_day if f.ndc11 == d_ndc), None)
@@ -443,7 +447,7 @@ class Evaluator:
         rec, drug = f.rec, f.rec.drug
         if not self._drug_billable(f):
             return
-        ndc = f.ndc11 or next((n for n in (nz.ndc_to_11(x.ndc) for x in f.dispenses if x.ndc) if n), None)
+        ndc = f.ndc11 or next((n for n in (_ndc11(x.ndc) for x in f.dispenses if x.ndc) if n), None)
         hcpcs = drug.hcpcs or (self.rules.hcpcs_for_ndc(ndc, day) if ndc else None)
         if not hcpcs:
             return
@@ -521,7 +525,7 @@ class Evaluator:
             ("performer_id", rec.performer_id), ("rendering_npi", rec.rendering_npi),
             ("place_of_service", rec.place_of_service), ("payer_class", rec.payer_class),
         ) if value is None]
-        if rec.ended_at is None and nz.normalize_route(rec.route) in (nz.IV, nz.IV_INFUSION):
+        if rec.ended_at is None and _route(rec.route) in (nz.IV, nz.IV_INFUSION):
             missing.append("ended_at")
         if missing:
             _alert(alerts, R.MISSING_DOCUMENTATION, rec, subject, code, [],
@@ -612,7 +616,7 @@ class Evaluator:
         rec = f.rec
         code = rec.drug.hcpcs or self._line_code(f)
         disp_raw = [x.ndc for x in f.dispenses if x.ndc]
-        disp_ndc = [nz.ndc_to_11(x) for x in disp_raw]
+        disp_ndc = [_ndc11(x) for x in disp_raw]
         if f.ndc_invalid or (not f.ndc11 and disp_raw and not any(disp_ndc)):
             _alert(alerts, R.INVALID_NDC, rec, subject, code, [],
                    f"NDC on record {rec.record_id} cannot be converted to 11 digits (5-4-2)",
