@@ -53,6 +53,7 @@ from stream_app.streaming.processor import (
     TableAccess,
     dead_letter_output,
     patient_key,
+    truncated_dead_letter,
 )
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,11 @@ async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
         await admin.close()
 
 
+def _too_large(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return "TooLarge" in text or "too large" in text.lower()
+
+
 class _PartitionTable(TableAccess):
     """Table access for one partition from inside stage 2.
 
@@ -248,17 +254,18 @@ class ChargecapStreams:
 
     async def _stage1(self, stream):
         async for events in stream.take_events(self.opts.batch_size, self.opts.batch_within):
-            await self._stage1_batch(events)
+            try:
+                await self._stage1_batch(events)
+            except Exception as exc:
+                await self._fatal("stage 1", exc)
 
     async def _stage1_batch(self, events) -> None:
-        producer = self.app.producer
-        send = producer.send
         metrics = self.metrics
         tz = self.settings.timezone
         limit = self.settings.max_message_bytes
         n_parts = self.opts.partitions
         repartition = self.repartition_name
-        futures = []
+        sends: list[tuple] = []  # (topic, key, value, partition, headers, dead Output | None)
         consumed: dict[str, int] = defaultdict(int)
         for ev in events:
             msg = ev.message
@@ -278,29 +285,70 @@ class ChargecapStreams:
             if isinstance(rec, DeadLetter):
                 out = dead_letter_output(rec, raw=value, topic=topic, partition=msg.partition,
                                          offset=msg.offset, key=msg.key)
-                futures.append(await send(self.dead_topic, out.key, out.value, None, None,
-                                          out.headers))
+                sends.append((self.dead_topic, out.key, out.value, None, out.headers, out))
                 if metrics is not None:
                     metrics.dead_lettered(topic, rec.error_code)
                 continue
             key = rec.patient_id.encode("utf-8")
             ts_ms = int((msg.timestamp or time.time()) * 1000)
-            futures.append(await send(
-                repartition, key, value, codecs.partition_for(key, n_parts), None,
-                codecs.record_headers(self.origin_of.get(topic, 0), ts_ms, msg.partition,
-                                      msg.offset),
-            ))
+            sends.append((repartition, key, value, codecs.partition_for(key, n_parts),
+                          codecs.record_headers(self.origin_of.get(topic, 0), ts_ms,
+                                                msg.partition, msg.offset), None))
         if metrics is not None:
             for topic, n in consumed.items():
                 metrics.consumed(topic, n)
-        if futures:
-            await asyncio.gather(*futures)
+        await self._send_all(sends)
+
+    async def _send_all(self, sends: list[tuple]) -> None:
+        """Send everything, then wait once for all acknowledgements.
+
+        A dead letter the topic refuses as too large is sent again with `raw` truncated
+        (codecs.dead_letter_value); any other failure raises, which stops the worker
+        before the batch's input offsets are committed (at-least-once)."""
+        if not sends:
+            return
+        send = self.app.producer.send
+        futures = []
+        for topic, key, value, partition, headers, dead in sends:
+            try:
+                futures.append(await send(topic, key, value, partition, None, headers))
+            except Exception as exc:
+                if dead is None or not _too_large(exc):
+                    raise
+                futures.append(await self._send_truncated(dead))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        retry = []
+        for (_t, _k, _v, _p, _h, dead), res in zip(sends, results, strict=True):
+            if isinstance(res, BaseException):
+                if dead is None or not _too_large(res):
+                    raise res
+                retry.append(await self._send_truncated(dead))
+        if retry:
+            await asyncio.gather(*retry)
+
+    async def _send_truncated(self, dead: Output):
+        log.warning("dead letter larger than the topic accepts; sending it with raw truncated")
+        t = truncated_dead_letter(dead)
+        return await self.app.producer.send(self.dead_topic, t.key, t.value, None, None,
+                                            t.headers)
 
     # ------------------------------------------------------------------ stage 2
 
     async def _stage2(self, stream):
         async for events in stream.take_events(self.opts.batch_size, self.opts.batch_within):
-            await self._stage2_batch(events)
+            try:
+                await self._stage2_batch(events)
+            except Exception as exc:
+                await self._fatal("stage 2", exc)
+
+    async def _fatal(self, where: str, exc: BaseException) -> None:
+        """A batch could not be completed (e.g. Kafka refused a write): stop the worker
+        rather than go on past it. Its input offsets are not committed, so a restarted
+        worker processes the batch again (at-least-once)."""
+        log.critical("%s batch failed (%s); stopping the worker", where, type(exc).__name__)
+        self.stopping = True
+        await self.app.crash(exc)
+        raise exc
 
     async def _stage2_batch(self, events) -> None:
         tz = self.settings.timezone
@@ -379,11 +427,11 @@ class ChargecapStreams:
     async def _produce(self, outputs: list[Output]) -> None:
         if not outputs:
             return
-        send = self.app.producer.send
         topics = {"line": self.lines_topic, "alert": self.alerts_topic, "dead": self.dead_topic}
-        futures = [await send(topics[o.kind], o.key, o.value, None, None, o.headers)
-                   for o in outputs]
-        await asyncio.gather(*futures)
+        await self._send_all([
+            (topics[o.kind], o.key, o.value, None, o.headers, o if o.kind == "dead" else None)
+            for o in outputs
+        ])
         m = self.metrics
         if m is None:
             return

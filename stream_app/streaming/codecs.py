@@ -108,14 +108,23 @@ def dead_letter_value(
     partition: int,
     offset: int,
     key: bytes | None,
+    truncate_to: int | None = None,
 ) -> bytes:
     """The dead-letter record of contract.md §3 (Kafka flavour).
 
     `raw` is the original value decoded as UTF-8 (invalid sequences replaced); when the
     value is not valid UTF-8, `raw_base64` carries the exact original bytes as well.
     `key` is the original key decoded the same way (`key_base64` when not UTF-8).
+    `truncate_to`: last resort when the dead-letter topic refuses the full record
+    (`max.message.bytes`): `raw` keeps the first bytes, `raw_truncated: true` and
+    `raw_size` say so.
     """
     out: dict = {"error_code": error_code, "error": error, "field": field}
+    if truncate_to is not None and raw is not None and len(raw) > truncate_to:
+        # Only when the full dead letter is larger than the topic accepts.
+        out["raw_truncated"] = True
+        out["raw_size"] = len(raw)
+        raw = raw[:truncate_to]
     raw_text, raw_b64 = _text_and_b64(raw)
     out["raw"] = raw_text
     if raw_b64 is not None:

@@ -333,11 +333,29 @@ class Stage2:
             m.late(topic, outcome.late)
 
 
+DEAD_HEADERS = [codecs.CONTENT_TYPE, ("schema", b"chargecap.dead-letter.v1")]
+TRUNCATED_RAW_BYTES = 256 * 1024
+
+
 def dead_letter_output(dl: DeadLetter, *, raw: bytes | None, topic: str, partition: int,
                        offset: int, key: bytes | None) -> Output:
     value = codecs.dead_letter_value(
         error_code=dl.error_code, error=dl.error, field=dl.field, raw=raw, topic=topic,
         partition=partition, offset=offset, key=key,
     )
-    return Output("dead", key, value, [codecs.CONTENT_TYPE,
-                                       ("schema", b"chargecap.dead-letter.v1")])
+    out = Output("dead", key, value, DEAD_HEADERS)
+    out.record = {"dl": dl, "raw": raw, "topic": topic, "partition": partition,
+                  "offset": offset}
+    return out
+
+
+def truncated_dead_letter(out: Output) -> Output:
+    """The same dead letter with `raw` cut to TRUNCATED_RAW_BYTES (topic refused it)."""
+    r = out.record
+    dl = r["dl"]
+    value = codecs.dead_letter_value(
+        error_code=dl.error_code, error=dl.error, field=dl.field, raw=r["raw"],
+        topic=r["topic"], partition=r["partition"], offset=r["offset"], key=out.key,
+        truncate_to=TRUNCATED_RAW_BYTES,
+    )
+    return Output("dead", out.key, value, DEAD_HEADERS)
