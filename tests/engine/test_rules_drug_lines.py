@@ -192,3 +192,13 @@ def test_expected_reimbursement_of_the_injection_line_from_the_fee_schedule():
                admin_raw(time="13:00", drug="ketorolac", payer_class="commercial")])
     fees = sorted(ln["expected_reimbursement"] for ln in res.lines if ln["code"] == "96372")
     assert fees == [14.5, 20.0]
+
+
+def test_dose_unit_incompatible_with_the_billing_unit_warns_and_bills_one_unit():
+    # J0696 is billed per 250 mg; a dose in mL cannot be converted. Engine choice (spec
+    # silent on the fallback): DRUG_UNITS_UNKNOWN (warn) and 1 unit on the drug line.
+    res = run([admin_raw(drug={"dose": 2, "dose_unit": "mL"})])
+    alert = res.alert(R.DRUG_UNITS_UNKNOWN)
+    assert alert["code"] == "J0696" and alert["severity"] == "warn"
+    assert res.line("J0696")["units"] == 1
+    assert res.line("J0696")["warnings"] == [R.DRUG_UNITS_UNKNOWN]

@@ -16,6 +16,7 @@ from tests.engine.builders import (
     admin,
     admin_raw,
     at,
+    dispense_raw,
     em,
     em_raw,
     engine,
@@ -412,3 +413,23 @@ def test_service_date_uses_the_facility_timezone():
     res = run([admin_raw(occurred_at=late_evening, facility_timezone=DROP)])  # default UTC
     assert {ln["service_date"] for ln in res.lines} == {"2025-03-15"}
 
+
+
+def test_entered_in_error_em_voids_its_line():
+    e = em_raw(record_id="note-1", recorded_at=at("09:10"))
+    wd = {**e, "event_id": "ev-wd-e", "status": "entered-in-error", "recorded_at": at("12:00")}
+    eng = engine()
+    res = Result()
+    state, out = eng.ingest(None, [parse(e)], 0.0)
+    res.keep(out)
+    assert res.codes() == ["99213"]
+    state, out = eng.ingest(state, [parse(wd)], 1.0)
+    res.keep(out)
+    assert res.lines == [] and [v["code"] for v in res.void_lines()] == ["99213"]
+
+
+def test_entered_in_error_dispense_unmatches_it():
+    d = dispense_raw(record_id="disp-1", order_id="ORD-1", recorded_at=at("09:06"))
+    wd = {**d, "event_id": "ev-wd-d", "status": "entered-in-error", "recorded_at": at("12:00")}
+    res = run([admin_raw(order_id="ORD-1", drug={"ndc": DROP}), d, wd])
+    assert res.reasons() == [R.MISSING_NDC]

@@ -160,3 +160,13 @@ def test_em_with_25_only_is_allowed():
     res = run([admin_raw(), em_raw(modifiers=["25"])])
     assert res.alerts == []
     assert res.line("99213")["modifiers"] == ["25"]
+
+
+def test_third_injection_of_a_drug_compares_npi_with_the_first_line_of_that_drug():
+    # Spec: 76 "same rendering_npi as the earlier one". Engine choice where there are
+    # several earlier lines: compare with the day's first line of that drug.
+    recs = [admin_raw(record_id="a", time="09:00", rendering_npi=NPI),
+            admin_raw(record_id="b", time="12:00", rendering_npi=NPI_2),
+            admin_raw(record_id="c", time="15:00", rendering_npi=NPI_2)]
+    res = run(recs)
+    assert _mods_by_record(recs, res) == {"a": [], "b": ["77"], "c": ["77"]}
