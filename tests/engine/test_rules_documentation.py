@@ -184,3 +184,16 @@ def test_facility_pos_does_not_restrict_em_or_vaccine_codes():
                          drug={"category": "vaccine"})])
     assert R.FACILITY_SETTING not in res.reasons()
     assert res.codes() == ["90471"]
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"place_of_service": DROP}, "place_of_service"),
+    ({"payer_class": DROP}, "payer_class"),
+    ({"drug": {"name": DROP}}, "drug.name"),
+])
+def test_missing_required_non_hard_fields_are_missing_documentation(over, field):
+    # Engine choice (contract lists these as required but not as hard requirements and
+    # names no alert for them): reported as MISSING_DOCUMENTATION with the dotted path
+    res = run([admin_raw(**over)])
+    assert field in res.alert(R.MISSING_DOCUMENTATION)["details"]["missing_fields"]
+    assert res.lines == []
