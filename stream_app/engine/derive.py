@@ -499,7 +499,10 @@ class Evaluator:
     def _record_checks(self, patient_id: str, day: date, f: _AdminFacts, alerts: list[Alert],
                        settled: bool, open_missing_ndc: Callable[[str], bool]) -> None:
         rec = f.rec
-        billable = f.no_code_reason not in ("not_injection", "procedural") or bool(rec.charge_code)
+        # Billable: it derives a line (an oral drug with an HCPCS code does), or it is an
+        # injection route, or the EHR proposed a code for it.
+        billable = (bool(f.lines) or bool(rec.charge_code)
+                    or f.no_code_reason not in ("not_injection", "procedural"))
         if not billable:
             return
         subject = "rec:" + rec.record_id
