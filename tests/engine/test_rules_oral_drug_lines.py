@@ -1,9 +1,7 @@
-"""Engine behaviour that contradicts contract.md (reported to the lead; not committed).
-
-Drug supply lines of an ORAL/OTHER-route administration that carries a HCPCS code and no
-charge_code are emitted active without any record check: the rule that skips record
-checks for non-injection routes (derive.py _record_checks `billable`) does not match the
-rule that still derives their drug line (_drug_billable)."""
+"""An ORAL/OTHER-route administration with an HCPCS code and no charge_code derives a drug
+supply line, so it is billable: every record check applies to it and its lines are held
+like any other (contract.md §3: a charge line only for a line that passes every blocking
+check). Regression tests for a bug where those lines skipped every check."""
 
 from __future__ import annotations
 
