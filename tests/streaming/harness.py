@@ -277,3 +277,33 @@ async def create_topics(bootstrap: str, prefix: str, partitions: dict[str, int] 
         finally:
             await admin.close()
     await apply_topics(bootstrap, prefix)
+
+
+async def uncommitted_inputs(bootstrap: str, group: str, topics: list[str]) -> dict:
+    """{(topic, partition): end - committed} where the group has not committed to the end."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(t, p) for t in topics
+               for p in (consumer.partitions_for_topic(t) or ())]
+        if not tps:
+            await consumer.topics()
+            tps = [TopicPartition(t, p) for t in topics
+                   for p in (consumer.partitions_for_topic(t) or ())]
+        ends = await consumer.end_offsets(tps)
+        gaps = {}
+        for tp in tps:
+            meta = committed.get(tp)
+            c = meta.offset if meta is not None else 0
+            if ends[tp] > c:
+                gaps[(tp.topic, tp.partition)] = ends[tp] - c
+        return gaps
+    finally:
+        await consumer.stop()
+        await admin.close()

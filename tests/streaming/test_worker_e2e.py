@@ -21,6 +21,7 @@ from tests.streaming.harness import (
     metric_value,
     produce,
     replay_view,
+    uncommitted_inputs,
 )
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,14 @@ async def test_sigkill_and_restart_equals_replay(kafka_bootstrap, unique_name, t
         _assert_same_view(reader, expected)
         assert reader.revisions_monotonic() == []
         assert reader.last_equals_highest()
+        # every input (and every repartitioned record) was processed and committed
+        inputs = [prefix + t for t in ("ehr.medication-administrations", "ehr.em-services",
+                                       "pharmacy.dispenses")] + [f"{app_id}-patient-records"]
+        deadline = time.monotonic() + 20
+        while (gaps := await uncommitted_inputs(kafka_bootstrap, app_id, inputs)) and \
+                time.monotonic() < deadline:
+            await asyncio.sleep(1)
+        assert gaps == {}
         text = await asyncio.to_thread(worker.metrics_text)
         print("re-emitted after restart:",
               metric_value(text, "chargecap_charge_lines_emitted_total"))
