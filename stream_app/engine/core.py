@@ -71,21 +71,29 @@ class Engine:
                 rev_floor: int = 0) -> tuple[PatientState | None, Outcome]:
         out = Outcome()
         s = self.settings
-        due = False
+        evaluate = False
+        closing: list[DayState] = []
         for iso, ds in list(state.days.items()):
             if ds.closed:
                 if now >= ds.closed_at + s.retention_days * 86400:
                     self._drop_day(state, iso)
                     out.dropped_days += 1
                 continue
+            settle_due = not ds.settled_evaluated and now >= ds.last_input_at + s.settle_seconds
+            evaluate = evaluate or settle_due
             if now >= self._close_at(ds):
-                ds.closed_at = now
-                out.closed_days += 1
-                due = True
-            elif not ds.settled_evaluated and now >= ds.last_input_at + s.settle_seconds:
-                due = True
-        if due:
+                closing.append(ds)
+        for ds in closing:
+            ds.closed_at = now
+            out.closed_days += 1
+        if evaluate:
             self._evaluate(state, now, rev_floor, out)
+        else:
+            # Nothing changed since the last evaluation but `final`: re-emit every key the
+            # closing days ever emitted, as it was, with final: true (what a diff would do).
+            for ds in closing:
+                for key, em in ds.emitted.items():
+                    self._emit(ds, key, em.kind, {**em.value, "final": True}, rev_floor, out)
         return (state if state.days else None), out
 
     def finish(self, state: PatientState, now: float,
@@ -146,20 +154,24 @@ class Engine:
             ds = days.get(day.isoformat())
             return force_settled or ds is None or ds.closed or now >= ds.last_input_at + settle
 
-        def open_missing_ndc(akey: str) -> bool:
+        waiting: set[date] = set()  # days where a MISSING_NDC waits for the day to settle
+
+        def open_missing_ndc(day: date, akey: str) -> bool:
             for ds in days.values():
                 em = ds.emitted.get(akey)
-                if em is not None:
-                    return em.value["state"] == "open"
+                if em is not None and em.value["state"] == "open":
+                    return True
+            waiting.add(day)
             return False
 
         views = self.evaluator.evaluate_patient(state.patient_id, state.records.values(),
                                                 settled, open_missing_ndc)
         for iso, ds in days.items():
-            view = views.get(date.fromisoformat(iso))
-            self._diff_day(state, ds, view, rev_floor, out)
-            if settled(date.fromisoformat(iso)):
-                ds.settled_evaluated = True
+            day = date.fromisoformat(iso)
+            self._diff_day(state, ds, views.get(day), rev_floor, out)
+            # Only a MISSING_NDC held back until settle makes a later settle evaluation
+            # worthwhile; without one the day's decisions cannot change by waiting.
+            ds.settled_evaluated = day not in waiting
         return views
 
     def _diff_day(self, state: PatientState, ds: DayState, view: DayView | None, rev_floor: int,

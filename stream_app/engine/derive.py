@@ -178,7 +178,7 @@ class Evaluator:
     # ------------------------------------------------------------------ entry point
 
     def evaluate_patient(self, patient_id: str, records: Iterable, settled: Callable[[date], bool],
-                         open_missing_ndc: Callable[[str], bool]) -> dict[date, DayView]:
+                         open_missing_ndc: Callable[[date, str], bool]) -> dict[date, DayView]:
         admins: list[Administration] = []
         ems: list[EMService] = []
         dispenses: list[Dispense] = []
@@ -497,7 +497,7 @@ class Evaluator:
     # ------------------------------------------------------------------ record checks
 
     def _record_checks(self, patient_id: str, day: date, f: _AdminFacts, alerts: list[Alert],
-                       settled: bool, open_missing_ndc: Callable[[str], bool]) -> None:
+                       settled: bool, open_missing_ndc: Callable[[date, str], bool]) -> None:
         rec = f.rec
         # Billable: it derives a line (an oral drug with an HCPCS code does), or it is an
         # injection route, or the EHR proposed a code for it.
@@ -634,7 +634,7 @@ class Evaluator:
                    {"administration_ndc": f.ndc11, "dispense_ndc": valid_disp})
         if not f.ndc11 and not valid_disp:
             akey = alert_key(patient_id, day, R.MISSING_NDC, subject)
-            if settled or open_missing_ndc(akey):
+            if settled or open_missing_ndc(day, akey):
                 _alert(alerts, R.MISSING_NDC, rec, subject, code, [],
                        f"No NDC for the drug on record {rec.record_id} (administration or dispense)",
                        "Record the NDC from the package, or link the pharmacy dispense (order_id)")

@@ -8,8 +8,10 @@ every key the day has ever emitted (needed to void, resolve and re-emit on close
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
+from operator import attrgetter
 
 import orjson
 
@@ -24,10 +26,6 @@ from stream_app.engine.records import (
 )
 
 _CLASSES = {ADMINISTRATION: Administration, EM_SERVICE: EMService, DISPENSE: Dispense}
-_DATETIME_FIELDS = frozenset({"occurred_at", "recorded_at", "ended_at"})
-_TUPLE_FIELDS = frozenset({"diagnosis_codes", "charge_modifiers", "modifiers"})
-_FIELD_NAMES = {et: tuple(f.name for f in fields(cls)) for et, cls in _CLASSES.items()}
-_DRUG_FIELDS = tuple(f.name for f in fields(Drug))
 
 
 @dataclass(slots=True)
@@ -56,59 +54,93 @@ class PatientState:
     records: dict[tuple[str, str], object] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)  # event_id -> service date (ISO)
     days: dict[str, DayState] = field(default_factory=dict)  # ISO date -> day
+    # Encoded form of each record as last loaded or saved (record object, bytes): records
+    # are immutable, so an unchanged one is not encoded again on the next save.
+    _encoded: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def open_days(self) -> int:
         return sum(1 for d in self.days.values() if d.closed_at is None)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({
+        """Layout: u32 length + JSON header (patient, seen ids, days), then per record
+        u32 length + JSON `[event_type, field values in declaration order...]`."""
+        head = orjson.dumps({
             "p": self.patient_id,
-            "r": [_record_to_obj(r) for r in self.records.values()],
             "s": self.seen,
             "d": {k: [d.last_input_at, d.end_ts, d.settled_evaluated, d.closed_at,
                       {key: [e.rev, e.kind, e.value] for key, e in d.emitted.items()}]
                   for k, d in self.days.items()},
         })
+        parts = [_U32.pack(len(head)), head]
+        enc = self._encoded
+        fresh = {}
+        for key, rec in self.records.items():
+            cached = enc.get(key)
+            if cached is not None and cached[0] is rec:
+                blob = cached[1]
+            else:
+                et = rec.event_type
+                blob = orjson.dumps((et,) + _GETTERS[et](rec))
+            fresh[key] = (rec, blob)
+            parts.append(_U32.pack(len(blob)))
+            parts.append(blob)
+        self._encoded = fresh
+        return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PatientState:
-        obj = orjson.loads(data)
+        view = memoryview(data)
+        (n,) = _U32.unpack_from(view, 0)
+        obj = orjson.loads(view[4:4 + n])
         st = cls(obj["p"])
-        for ro in obj["r"]:
-            rec = _obj_to_record(ro)
-            st.records[(rec.event_type, rec.record_id)] = rec
         st.seen = obj["s"]
         for k, (last, end, settled, closed, em) in obj["d"].items():
             st.days[k] = DayState(last, end, settled, closed,
                                   {key: Emitted(rev, kind, value) for key, (rev, kind, value) in em.items()})
+        pos = 4 + n
+        end = len(data)
+        records, enc = st.records, st._encoded
+        while pos < end:
+            (n,) = _U32.unpack_from(view, pos)
+            blob = view[pos + 4:pos + 4 + n]  # kept as a view: join() takes it as is
+            pos += 4 + n
+            rec = _decode_record(orjson.loads(blob))
+            key = (rec.event_type, rec.record_id)
+            records[key] = rec
+            enc[key] = (rec, blob)
         return st
 
 
-def _record_to_obj(rec) -> list:
-    out: list = [rec.event_type]
-    for name in _FIELD_NAMES[rec.event_type]:
-        v = getattr(rec, name)
-        if isinstance(v, datetime | date):
-            v = v.isoformat()
-        elif isinstance(v, Drug):
-            v = [getattr(v, n) for n in _DRUG_FIELDS]
-        out.append(v)
-    return out
+_U32 = struct.Struct(">I")
+_FIELDS = {et: tuple(f.name for f in fields(cls)) for et, cls in _CLASSES.items()}
+_GETTERS = {et: attrgetter(*names) for et, names in _FIELDS.items()}
 
 
-def _obj_to_record(obj: list):
+def _indices(et: str, names: set[str]) -> tuple[int, ...]:
+    return tuple(i for i, n in enumerate(_FIELDS[et], 1) if n in names)
+
+
+# Positions (in the encoded list, after the event type) that need converting back.
+_DATETIMES = {et: _indices(et, {"occurred_at", "recorded_at", "ended_at"}) for et in _CLASSES}
+_DATES = {et: _indices(et, {"service_date"}) for et in _CLASSES}
+_TUPLES = {et: _indices(et, {"diagnosis_codes", "charge_modifiers", "modifiers"}) for et in _CLASSES}
+_DRUGS = {et: _indices(et, {"drug"}) for et in _CLASSES}
+
+
+def _decode_record(obj: list):
+    """Inverse of the encoding above (orjson writes datetimes and dates as RFC 3339
+    strings, tuples as lists and the nested Drug as an object)."""
     et = obj[0]
-    kwargs = {}
-    for name, v in zip(_FIELD_NAMES[et], obj[1:], strict=True):
-        if v is not None:
-            if name in _DATETIME_FIELDS:
-                v = datetime.fromisoformat(v)
-            elif name == "service_date":
-                v = date.fromisoformat(v)
-            elif name in _TUPLE_FIELDS:
-                v = tuple(v)
-            elif name == "drug":
-                v = Drug(*v)
-        kwargs[name] = v
-    return _CLASSES[et](**kwargs)
+    fromiso = datetime.fromisoformat
+    for i in _DATETIMES[et]:
+        if obj[i] is not None:
+            obj[i] = fromiso(obj[i])
+    for i in _DATES[et]:
+        obj[i] = date.fromisoformat(obj[i])
+    for i in _TUPLES[et]:
+        if obj[i] is not None:
+            obj[i] = tuple(obj[i])
+    for i in _DRUGS[et]:
+        obj[i] = Drug(**obj[i])
+    return _CLASSES[et](*obj[1:])
