@@ -51,10 +51,20 @@ def _import_command(module_name: str) -> ModuleType:
         raise
 
 
+_GLOBAL_OPTIONS_WITH_VALUE = frozenset({"--log-level"})
+
+
 def _find_command(argv: Sequence[str]) -> str | None:
+    skip = False
     for arg in argv:
+        if skip:  # the value of a global option given as two words (--log-level INFO)
+            skip = False
+            continue
         if arg in COMMANDS:
             return arg
+        if arg in _GLOBAL_OPTIONS_WITH_VALUE:
+            skip = True
+            continue
         if not arg.startswith("-"):
             return None  # an unknown command: argparse reports it
     return None

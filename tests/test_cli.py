@@ -72,3 +72,13 @@ def test_python_dash_m_and_help():
     assert out.returncode == 0
     for command in cli.COMMANDS:
         assert command in out.stdout
+
+
+def test_global_option_value_as_separate_word_still_finds_the_command(tmp_path):
+    """`chargecap --log-level INFO replay FILE` (value as its own word) must load replay's
+    arguments, not stop at INFO."""
+    from stream_app.cli import _find_command
+
+    assert _find_command(["--log-level", "INFO", "replay", "x.ndjson"]) == "replay"
+    assert _find_command(["--log-level=INFO", "worker", "--broker", "kafka://x:1"]) == "worker"
+    assert _find_command(["INFO"]) is None
