@@ -1,0 +1,240 @@
+"""Helpers for the fault tests (docs/reliability.md).
+
+The worker subprocess, producer, output reader and replay comparison come from the
+streaming tests' harness (tests/streaming/harness.py, reused unchanged); this module adds
+what the fault tests need on top: a private broker that can be stopped and started,
+RSS sampling, the "every input got a decision" audit, and timing/count records.
+
+Every address is 127.0.0.1. Nothing here prints a patient id: the audit reports counts
+and event ids are only compared, never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from stream_app.engine.records import DeadLetter, parse_record
+from tests.streaming.harness import ALERTS, DEAD, LINES, REPO
+
+KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
+KAFKA_DATA = REPO / "deploy" / "kafka-local" / "data"
+INPUT_TOPICS = ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ----------------------------------------------------------------------------- broker
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free (broker and controller) and no old data dir."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p < 65000 and _port_free(p + 1) and not (KAFKA_DATA / str(p)).exists():
+            return p
+    raise RuntimeError("no free port pair for a private broker")
+
+
+class PrivateBroker:
+    """A Kafka broker of our own (deploy/kafka-local/kafka.sh on its own port), so a test
+    can stop and start it without touching the shared 127.0.0.1:9092 broker."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port_pair()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "KAFKA_PORT": str(self.port),
+                    "KAFKA_CONTROLLER_PORT": str(self.port + 1),
+                    "KAFKA_HEAP_OPTS": "-Xmx384m -Xms128m"}
+        self.data = KAFKA_DATA / str(self.port)
+
+    def _run(self, cmd: str, timeout: float = 180) -> float:
+        t0 = time.monotonic()
+        r = subprocess.run(["bash", str(KAFKA_SH), cmd], env=self.env, capture_output=True,
+                           text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"kafka.sh {cmd} on {self.port} failed:\n{r.stdout}\n{r.stderr}")
+        return time.monotonic() - t0
+
+    def up(self) -> float:
+        return self._run("up")
+
+    def down(self) -> float:
+        """Stops only this broker (its pid file); the data folder is kept."""
+        return self._run("down")
+
+    def remove(self) -> None:
+        """down, then delete the data folder (end of test)."""
+        try:
+            self.down()
+        finally:
+            shutil.rmtree(self.data, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- process
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MiB (/proc/<pid>/statm, second field)."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE / (1024 * 1024)
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+@dataclass
+class Audit:
+    """What happened to every produced input message (see docs/reliability.md)."""
+
+    produced: int = 0
+    malformed: int = 0  # in-process parse gives a dead letter
+    valid: int = 0
+    redeliveries: int = 0  # an event_id already sent earlier
+    superseded: int = 0  # a version of a record that a newer version replaces
+    withdrawn: int = 0  # the winning version is entered-in-error
+    live: int = 0  # winning, non-withdrawn versions
+    decided: int = 0  # live versions named in some output's source_event_ids
+    no_line_by_rule: int = 0  # live versions replay also derives nothing from
+    undecided: list[str] = field(default_factory=list)  # live, replay decided, worker not
+    dead_letters_missing: int = 0  # malformed messages without a dead letter
+    dead_letters_unexpected: int = 0  # dead letters for a message that parses
+    dead_letter_duplicates: int = 0  # extra copies (at-least-once redelivery of stage 1)
+    dead_letter_code_mismatch: int = 0
+
+    def ok(self) -> bool:
+        return not (self.undecided or self.dead_letters_missing or self.dead_letters_unexpected
+                    or self.dead_letter_code_mismatch)
+
+    def summary(self) -> dict:
+        d = dict(self.__dict__)
+        d["undecided"] = len(self.undecided)
+        return d
+
+
+def _source_ids(values) -> set[str]:
+    ids: set[str] = set()
+    for v in values:
+        ids.update(v.get("source_event_ids") or ())
+    return ids
+
+
+def audit(messages, metas, reader, replay_result, *, default_tz: str = "UTC",
+          max_message_bytes: int = 1_048_576) -> Audit:
+    """Every input got a decision or a dead letter.
+
+    `messages`: (topic, key, value) in send order; `metas`: their RecordMetadata (for the
+    dead letters' topic/partition/offset); `reader`: the OutputReader after settling;
+    `replay_result`: `replay`'s result for the same values.
+
+    A valid message "got a decision" when it is a redelivery (its event_id was sent
+    before), a superseded version (another version of its record wins by recorded_at,
+    then event_id), a withdrawn record (its winning version is entered-in-error), or its
+    event_id appears in the source_event_ids of an output message (any revision, any
+    state) — unless replay, too, derives nothing from it (an oral drug without a code,
+    an unmatched dispense: rules that by design raise nothing); those are counted.
+    A malformed message got exactly what it should when a dead letter names its topic,
+    partition and offset with the error code the parser gives in-process.
+    """
+    a = Audit(produced=len(messages))
+    coord_code: dict[tuple[str, int, int], str] = {}
+    seen: set[str] = set()
+    winners: dict[tuple[str, str], tuple] = {}
+    versions: list[tuple[str, tuple[str, str]]] = []
+    for (topic, _k, value), meta in zip(messages, metas, strict=True):
+        value = value if isinstance(value, bytes) else str(value).encode()
+        if len(value) > max_message_bytes:
+            rec = DeadLetter("TOO_LARGE", "", None)
+        else:
+            rec = parse_record(value, default_tz=default_tz)
+        if isinstance(rec, DeadLetter):
+            a.malformed += 1
+            coord_code[(topic, meta.partition, meta.offset)] = rec.error_code
+            continue
+        a.valid += 1
+        if rec.event_id in seen:
+            a.redeliveries += 1
+            continue
+        seen.add(rec.event_id)
+        rk = (rec.event_type, rec.record_id)
+        versions.append((rec.event_id, rk))
+        order = (rec.recorded_at, rec.event_id, rec.status)
+        if rk not in winners or order[:2] > winners[rk][:2]:
+            winners[rk] = order
+    worker_ids = _source_ids(orjson.loads(v) for t in (LINES, ALERTS)
+                             for _p, _o, _k, v, _h in reader.messages[t])
+    replay_ids = _source_ids(list(replay_result.lines.values())
+                             + list(replay_result.alerts.values()))
+    for event_id, rk in versions:
+        win = winners[rk]
+        if win[1] != event_id:
+            a.superseded += 1
+        elif win[2] == "entered-in-error":
+            a.withdrawn += 1
+        else:
+            a.live += 1
+            if event_id in worker_ids:
+                a.decided += 1
+            elif event_id not in replay_ids:
+                a.no_line_by_rule += 1
+            else:
+                a.undecided.append(event_id)
+    got: dict[tuple[str, int, int], int] = {}
+    for _p, _o, _k, value, _h in reader.messages[DEAD]:
+        d = orjson.loads(value)
+        c = (d.get("topic"), d.get("partition"), d.get("offset"))
+        got[c] = got.get(c, 0) + 1
+        if c not in coord_code:
+            a.dead_letters_unexpected += 1
+        elif d.get("error_code") != coord_code[c]:
+            a.dead_letter_code_mismatch += 1
+    a.dead_letters_missing = sum(1 for c in coord_code if c not in got)
+    a.dead_letter_duplicates = sum(n - 1 for n in got.values())
+    return a
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def record_result(name: str, data: dict) -> None:
+    """Print one test's counts and timings (shown with `pytest -s`) and, when
+    CHARGECAP_RELIABILITY_REPORT names a file, merge them into that JSON file (used to
+    write docs/reliability.md). Counts and timings only, never ids."""
+    print(f"reliability {name}: {orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()}")
+    target = os.environ.get("CHARGECAP_RELIABILITY_REPORT")
+    if not target:
+        return
+    path = Path(target)
+    try:
+        all_ = orjson.loads(path.read_bytes()) if path.exists() else {}
+    except orjson.JSONDecodeError:
+        all_ = {}
+    all_[name] = data
+    path.write_bytes(orjson.dumps(all_, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+
+def wait_path(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.1)
+    return False
