@@ -114,6 +114,7 @@ class Audit:
     live: int = 0  # winning, non-withdrawn versions
     decided: int = 0  # live versions named in some output's source_event_ids
     no_line_by_rule: int = 0  # live versions replay also derives nothing from
+    no_line_by_type: dict = field(default_factory=dict)  # ... per event_type
     undecided: list[str] = field(default_factory=list)  # live, replay decided, worker not
     dead_letters_missing: int = 0  # malformed messages without a dead letter
     dead_letters_unexpected: int = 0  # dead letters for a message that parses
@@ -158,7 +159,7 @@ def audit(messages, metas, reader, replay_result, *, default_tz: str = "UTC",
     coord_code: dict[tuple[str, int, int], str] = {}
     seen: set[str] = set()
     winners: dict[tuple[str, str], tuple] = {}
-    versions: list[tuple[str, tuple[str, str]]] = []
+    versions: list[tuple[str, tuple[str, str]]] = []  # first sight of each event_id
     for (topic, _k, value), meta in zip(messages, metas, strict=True):
         value = value if isinstance(value, bytes) else str(value).encode()
         if len(value) > max_message_bytes:
@@ -195,6 +196,7 @@ def audit(messages, metas, reader, replay_result, *, default_tz: str = "UTC",
                 a.decided += 1
             elif event_id not in replay_ids:
                 a.no_line_by_rule += 1
+                a.no_line_by_type[rk[0]] = a.no_line_by_type.get(rk[0], 0) + 1
             else:
                 a.undecided.append(event_id)
     got: dict[tuple[str, int, int], int] = {}
@@ -209,6 +211,26 @@ def audit(messages, metas, reader, replay_result, *, default_tz: str = "UTC",
     a.dead_letters_missing = sum(1 for c in coord_code if c not in got)
     a.dead_letter_duplicates = sum(n - 1 for n in got.values())
     return a
+
+
+def revision_faults(reader) -> list[str]:
+    """Keys whose revision does not strictly increase in topic order, classified:
+    `duplicate` (the same message again: same revision and value, e.g. a producer retry),
+    `equal` (same revision, different value) or `backwards` (lower revision). Keys are
+    line/alert ids (hashes), never patient ids."""
+    bad = []
+    for topic in (LINES, ALERTS):
+        last: dict[bytes, tuple[int, bytes, int, int]] = {}
+        for p, o, key, value, _h in reader.messages[topic]:
+            rev = orjson.loads(value)["revision"]
+            prev = last.get(key)
+            if prev is not None and rev <= prev[0]:
+                kind = ("backwards" if rev < prev[0] else
+                        "duplicate" if value == prev[1] else "equal")
+                bad.append(f"{kind} {topic}[{p}] {key.decode(errors='replace')}: "
+                           f"offset {prev[2]} rev {prev[0]} -> offset {o} rev {rev}")
+            last[key] = (rev, value, o, p)
+    return bad
 
 
 # ----------------------------------------------------------------------------- report

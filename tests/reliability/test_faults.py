@@ -15,6 +15,7 @@ topics (highest revision per key) with `replay`'s for the same input.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import shutil
@@ -35,6 +36,7 @@ from tests.reliability.helpers import (
     PrivateBroker,
     audit,
     record_result,
+    revision_faults,
     rss_mb,
 )
 from tests.streaming.harness import (
@@ -186,7 +188,7 @@ async def test_worker_sigkill_three_times(kafka_bootstrap, unique_name, tmp_path
         await feeder.wait()
         await reader.wait_settled(timeout=150)
         view = _assert_same_view(reader, expected)
-        assert reader.revisions_monotonic() == []
+        assert revision_faults(reader) == []
         assert reader.last_equals_highest()
         aud = _assert_audit(messages, feeder.metas, reader, res)
         await _assert_all_committed(kafka_bootstrap, prefix, app_id)
@@ -240,7 +242,7 @@ async def test_broker_restart(unique_name, tmp_path):
         assert worker.proc.poll() is None and worker.proc.pid == pid, worker.tail()
         assert await asyncio.to_thread(worker.ready)
         view = _assert_same_view(reader, expected)
-        assert reader.revisions_monotonic() == []
+        assert revision_faults(reader) == []
         aud = _assert_audit(messages, feeder.metas, reader, res)
         await _assert_all_committed(bs, prefix, app_id)
     finally:
@@ -291,7 +293,7 @@ async def test_second_worker_joins_and_leaves(kafka_bootstrap, unique_name, tmp_
         while time.monotonic() < deadline:
             text = await asyncio.to_thread(b.metrics_text)
             consumed_b = metric_value(text, "chargecap_events_consumed_total")
-            if consumed_b > 0 and feeder.sent > info["b_joined_at_produced"] + 200:
+            if consumed_b > 200 and feeder.sent > info["b_joined_at_produced"] + 800:
                 break
             await asyncio.sleep(0.5)
         info["b_consumed"] = consumed_b
@@ -303,7 +305,7 @@ async def test_second_worker_joins_and_leaves(kafka_bootstrap, unique_name, tmp_
         await reader.wait_settled(timeout=150)
         assert a.proc.poll() is None
         view = _assert_same_view(reader, expected)
-        assert reader.revisions_monotonic() == []
+        assert revision_faults(reader) == []
         assert reader.last_equals_highest()
         aud = _assert_audit(messages, feeder.metas, reader, res)
         await _assert_all_committed(kafka_bootstrap, prefix, app_id)
@@ -363,6 +365,12 @@ INVALID_UTF8 = (b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", 
                 b"\xe2\x82", b"\x80")
 
 
+def _dumps(value) -> bytes:
+    """JSON with integers of any size (orjson stops at 64 bits)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode()
+
+
 def _set(rec: dict, path: str, value) -> None:
     if "." in path:
         head, tail = path.split(".", 1)
@@ -381,7 +389,7 @@ def _paths(rec: dict) -> list[str]:
 @st.composite
 def poison_record(draw, n: int) -> bytes:
     et = draw(st.sampled_from(sorted(TEMPLATES)))
-    rec = orjson.loads(orjson.dumps(TEMPLATES[et]))
+    rec = orjson.loads(_dumps(TEMPLATES[et]))
     rec["event_id"] = f"pz-ev-{n}"
     rec["record_id"] = f"pz-rec-{n}"
     rec["patient_id"] = f"pz-pt-{draw(st.integers(0, 40))}"
@@ -400,7 +408,7 @@ def poison_record(draw, n: int) -> bytes:
         for path in draw(st.lists(st.sampled_from(sorted(rec)), min_size=1, max_size=5)):
             rec.pop(path, None)
     elif kind == "utf8":
-        raw = orjson.dumps(rec)
+        raw = _dumps(rec)
         bad = draw(st.sampled_from(INVALID_UTF8))
         field = draw(st.sampled_from([b"pz-ev-", b"pz-rec-", b"pz-pt-"]))
         return raw.replace(field, field + bad, 1)
@@ -408,7 +416,7 @@ def poison_record(draw, n: int) -> bytes:
         return draw(st.one_of(
             st.sampled_from([b"", b"null", b"[]", b"{}", b"true", b"0", b'""', b" ", b"\x00",
                              b"{\"event_type\":", b"NaN", b"[{}]", b"\xef\xbb\xbf{}"]),
-            JSON_VALUES.filter(lambda v: not isinstance(v, dict)).map(orjson.dumps)))
+            JSON_VALUES.filter(lambda v: not isinstance(v, dict)).map(_dumps)))
     elif kind == "numbers":
         field = draw(st.sampled_from(["drug.dose", "drug.wasted_amount", "quantity",
                                       "separately_identifiable", "place_of_service"]))
@@ -416,7 +424,7 @@ def poison_record(draw, n: int) -> bytes:
                                         b"1e-320", b"0", b"-5", b"1000000001", b"NaN",
                                         b"Infinity", b"0x10", b"1_000", b"2.5e9"]))
         _set(rec, field, "__NUM__")
-        return orjson.dumps(rec).replace(b'"__NUM__"', literal, 1)
+        return _dumps(rec).replace(b'"__NUM__"', literal, 1)
     elif kind == "long_text":
         field = draw(st.sampled_from(["site", "drug.name", "drug_name", "encounter_id",
                                       "patient_id", "record_id", "lot_number"]))
@@ -426,8 +434,8 @@ def poison_record(draw, n: int) -> bytes:
         rec[key] = draw(JSON_VALUES)
         if draw(st.booleans()):
             rec["deep"] = "__DEEP__"
-            return orjson.dumps(rec).replace(b'"__DEEP__"', b"[" * 500 + b"]" * 500, 1)
-    return orjson.dumps(rec)
+            return _dumps(rec).replace(b'"__DEEP__"', b"[" * 500 + b"]" * 500, 1)
+    return _dumps(rec)
 
 
 def draw_poison(batches: int, per_batch: int) -> list[bytes]:
