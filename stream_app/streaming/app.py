@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import faust
 from faust.streams import _current_event
+from faust.types import TP
 
 from stream_app.config import (
     INPUT_TOPICS,
@@ -45,6 +46,7 @@ from stream_app.config import (
 )
 from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
 from stream_app.streaming import codecs
+from stream_app.streaming.batching import send_batched
 from stream_app.streaming.processor import (
     MARKER_PREFIX,
     Item,
@@ -73,6 +75,7 @@ class StreamOptions:
     rebalance_timeout: float = 60.0
     producer_linger: float = 0.005
     max_request_size: int = 16 * 1024 * 1024
+    max_batch_bytes: int = 4 * 1024 * 1024
     stream_buffer_maxsize: int = 16384
     lag_interval: float = 5.0
     commit_interval: float = 1.0
@@ -100,6 +103,9 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
         broker_commit_interval=opts.commit_interval,
         producer_linger=opts.producer_linger,
         producer_max_request_size=opts.max_request_size,
+        # Stage batches are produced as one record batch per topic-partition
+        # (batching.send_batched); the batch size bounds how many messages one holds.
+        producer_max_batch_size=opts.max_batch_bytes,
         consumer_max_fetch_size=max(4 * 1024 * 1024, settings.max_message_bytes * 2),
         stream_buffer_maxsize=opts.stream_buffer_maxsize,
         consumer_auto_offset_reset="earliest",
@@ -169,14 +175,16 @@ class _PartitionTable(TableAccess):
 
     The store (RocksDB keeps one database per partition) and the changelog both take the
     partition from Faust's *current event*; a batch mixes partitions, so the current event
-    is set to one of this partition's events before every access. Changelog futures are
-    collected so the batch can wait for their acknowledgement before producing outputs.
+    is set to one of this partition's events before every access. Changelog messages are
+    collected and produced for the whole batch at once (`_write_changelog`), which waits
+    for their acknowledgement before the batch's outputs are produced.
     """
 
-    __slots__ = ("table", "partition", "event", "futures")
+    __slots__ = ("table", "partition", "event", "changelog", "topic")
 
-    def __init__(self, table, partition: int, event, futures: list):
-        self.table, self.partition, self.event, self.futures = table, partition, event, futures
+    def __init__(self, table, partition: int, event, changelog: list):
+        self.table, self.partition, self.event, self.changelog = table, partition, event, changelog
+        self.topic = table.changelog_topic_name
 
     def activate(self) -> None:
         _current_event.set(weakref.ref(self.event))
@@ -191,7 +199,7 @@ class _PartitionTable(TableAccess):
     def set(self, key: bytes, value: bytes) -> None:
         self.activate()
         self.table.data[key] = value
-        self.futures.append(self.table.send_changelog(self.partition, key, value))
+        self.changelog.append((self.topic, self.partition, key, value, None))
 
     def delete(self, key: bytes) -> None:
         self.activate()
@@ -199,9 +207,7 @@ class _PartitionTable(TableAccess):
             del self.table.data[key]
         except KeyError:
             pass
-        self.futures.append(
-            self.table.send_changelog(self.partition, key, None, value_serializer="raw")
-        )
+        self.changelog.append((self.topic, self.partition, key, None, None))
 
 
 class ChargecapStreams:
@@ -265,7 +271,8 @@ class ChargecapStreams:
         limit = self.settings.max_message_bytes
         n_parts = self.opts.partitions
         repartition = self.repartition_name
-        sends: list[tuple] = []  # (topic, key, value, partition, headers, dead Output | None)
+        sends: list[tuple] = []  # dead letters: (topic, key, value, partition, headers, Output)
+        forwards: list[tuple] = []  # (topic, partition, key, value, headers)
         consumed: dict[str, int] = defaultdict(int)
         for ev in events:
             msg = ev.message
@@ -291,13 +298,17 @@ class ChargecapStreams:
                 continue
             key = rec.patient_id.encode("utf-8")
             ts_ms = int((msg.timestamp or time.time()) * 1000)
-            sends.append((repartition, key, value, codecs.partition_for(key, n_parts),
-                          codecs.record_headers(self.origin_of.get(topic, 0), ts_ms,
-                                                msg.partition, msg.offset), None))
+            forwards.append((repartition, codecs.partition_for(key, n_parts), key, value,
+                             codecs.record_headers(self.origin_of.get(topic, 0), ts_ms,
+                                                   msg.partition, msg.offset)))
         if metrics is not None:
             for topic, n in consumed.items():
                 metrics.consumed(topic, n)
-        await self._send_all(sends)
+        await asyncio.gather(self._send_all(sends), send_batched(self._kafka(), forwards))
+
+    def _kafka(self):
+        """The aiokafka producer under Faust's (batched sends go to it directly)."""
+        return self.app.producer._ensure_producer()  # noqa: SLF001 - no public accessor
 
     async def _send_all(self, sends: list[tuple]) -> None:
         """Send everything, then wait once for all acknowledgements.
@@ -387,10 +398,19 @@ class ChargecapStreams:
                 self._on_engine_error(exc, p, access, groups.get(p, {}), ticks, batch_us,
                                       now, outputs)
         # Crash safety: the state that produced these outputs must be durable first.
-        if changelog:
-            await asyncio.gather(*changelog)
+        await self._write_changelog(changelog)
         await self._produce(outputs)
         self.stage2.outputs_acked(touched, batch_us)
+
+    async def _write_changelog(self, changelog: list) -> None:
+        """Produce the batch's table writes and wait for them; then record the persisted
+        changelog offsets in the store, as Faust's own changelog callback does, so a
+        restarted worker reads only the changelog past what its local store holds."""
+        if not changelog:
+            return
+        store = self.table.data
+        for d in await send_batched(self._kafka(), changelog):
+            store.set_persisted_offset(TP(d.topic, d.partition), d.last_offset)
 
     def _on_engine_error(self, exc, p, access, groups, ticks, batch_us, now, outputs) -> None:
         """An engine failure must not stop the worker: retry the partition one patient at
@@ -427,11 +447,12 @@ class ChargecapStreams:
     async def _produce(self, outputs: list[Output]) -> None:
         if not outputs:
             return
-        topics = {"line": self.lines_topic, "alert": self.alerts_topic, "dead": self.dead_topic}
-        await self._send_all([
-            (topics[o.kind], o.key, o.value, None, o.headers, o if o.kind == "dead" else None)
-            for o in outputs
-        ])
+        topics = {"line": self.lines_topic, "alert": self.alerts_topic}
+        decisions = [(topics[o.kind], None, o.key, o.value, o.headers)
+                     for o in outputs if o.kind != "dead"]
+        dead = [(self.dead_topic, o.key, o.value, None, o.headers, o)
+                for o in outputs if o.kind == "dead"]
+        await asyncio.gather(send_batched(self._kafka(), decisions), self._send_all(dead))
         m = self.metrics
         if m is None:
             return

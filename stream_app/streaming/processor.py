@@ -106,6 +106,7 @@ class Stage2:
         max_due_per_tick: int = 2000,
         max_pending_per_tick: int = 2000,
         clock: Callable[[], float] = time.time,
+        cache_size: int = 20000,
     ):
         self.engine = engine
         self.state_cls = state_cls
@@ -116,6 +117,12 @@ class Stage2:
         self.clock = clock
         self.parts: dict[int, PartitionIndex] = {}
         self._last_us = 0
+        # Decoded states of recently touched patients (LRU, bounded): the table stays the
+        # truth (every change is written to it); the cache only spares decoding. An entry
+        # is taken out while the engine works on it, so a failure never leaves a
+        # half-updated state behind; rebalances clear it.
+        self.cache_size = cache_size
+        self._cache: dict[bytes, tuple[object, int]] = {}
 
     # ------------------------------------------------------------------ clock
 
@@ -137,6 +144,7 @@ class Stage2:
 
     def rebuild(self, partition: int, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Rebuild one partition's in-memory index from its table contents."""
+        self._cache.clear()
         old = self.parts.pop(partition, None)
         if old is not None and self.metrics is not None:
             self.metrics.add_open_patient_days(-old.open_days)
@@ -165,6 +173,7 @@ class Stage2:
         )
 
     def revoke(self, partition: int) -> None:
+        self._cache.clear()
         p = self.parts.pop(partition, None)
         if p is not None and self.metrics is not None:
             self.metrics.add_open_patient_days(-p.open_days)
@@ -193,8 +202,7 @@ class Stage2:
             p.marker_written = p.marker
         engine = self.engine
         for key, items in groups.items():
-            raw = table.get(key)
-            state, old_open = self._load(raw)
+            state, old_open = self._take(table, key)
             records = [it.record for it in items]
             state, outcome = engine.ingest(state, records, now, batch_us)
             self._count_inputs(items, outcome)
@@ -214,6 +222,14 @@ class Stage2:
 
     # ------------------------------------------------------------------ internals
 
+    def _take(self, table: TableAccess, key: bytes):
+        """(state or None, open days stored) for a patient key: from the cache (removing
+        it there until `_store` puts the new state back) or decoded from the table."""
+        cached = self._cache.pop(key, None)
+        if cached is not None:
+            return cached
+        return self._load(table.get(key))
+
     def _load(self, raw: bytes | None):
         if raw is None:
             return None, 0
@@ -230,6 +246,10 @@ class Stage2:
             due = self.engine.next_due(state)
             new_open = state.open_days
             table.set(key, codecs.encode_state(due, batch_us, new_open, state.to_bytes()))
+            cache = self._cache
+            cache[key] = (state, new_open)
+            if len(cache) > self.cache_size:
+                del cache[next(iter(cache))]
             if due is None:
                 p.due.pop(key, None)
             elif p.due.get(key) != due:
@@ -252,16 +272,18 @@ class Stage2:
                 continue  # stale heap entry
             seen.add(key)
             p.due.pop(key, None)
-            raw = table.get(key)
-            if raw is None:
+            state, old_open = self._take(table, key)
+            if state is None:
                 continue
-            state, old_open = self._load(raw)
+            alert_ids = ([k for ds in state.days.values() for k, em in ds.emitted.items()
+                          if em.kind != LINE] if self.metrics is not None else ())
             state, outcome = self.engine.advance(state, now, batch_us)
             self._store(p, table, key, state, old_open, batch_us)
             self._decisions(outcome.decisions, None, partition, out, count_value=True)
             if state is None and self.metrics is not None:
                 # the patient's state is gone: stop counting its open alerts
-                self._forget_patient_alerts(raw)
+                for aid in alert_ids:
+                    self.metrics.forget_alert(aid)
             done += 1
 
     def _run_pending(self, p: PartitionIndex, partition: int, table: TableAccess, batch_us: int,
@@ -269,11 +291,10 @@ class Stage2:
         n = 0
         while p.pending and n < self.max_pending_per_tick:
             key, reemit = p.pending.popleft()
-            raw = table.get(key)
-            if raw is None:
+            state, old_open = self._take(table, key)
+            if state is None:
                 continue
             n += 1
-            state, old_open = self._load(raw)
             if reemit:
                 state, outcome = self.engine.reemit(state, now, batch_us)
                 self._store(p, table, key, state, old_open, batch_us)
@@ -284,16 +305,6 @@ class Stage2:
                 for d in outcome.decisions:
                     if d.kind != LINE:
                         self._track_alert(d.value, partition)
-
-    def _forget_patient_alerts(self, raw: bytes) -> None:
-        try:
-            state, _ = self._load(raw)
-            _s, outcome = self.engine.reemit(state, 0.0, 0)
-        except Exception:  # noqa: BLE001 - metrics only
-            return
-        for d in outcome.decisions:
-            if d.kind != LINE:
-                self.metrics.forget_alert(d.key)
 
     def _track_alert(self, value: dict, partition: int) -> None:
         aid = value.get("alert_id")

@@ -1,0 +1,82 @@
+"""Produce a whole batch of messages with one record batch per topic-partition.
+
+aiokafka's `send()` costs a coroutine, a future and an accumulator look-up per message;
+at stage 2's output rates that per-message overhead, not Kafka, was the limit
+(docs/performance.md). `send_batched` groups messages by (topic, partition), fills
+aiokafka `BatchBuilder`s (the C record-batch builder) and submits each with
+`send_batch`, then waits once for every acknowledgement.
+
+Keyed messages without an explicit partition go where the Java/aiokafka default
+partitioner would put them (murmur2 of the key), so a key always lands on the same
+partition whichever path produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.partitioner import murmur2
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    topic: str
+    partition: int
+    last_offset: int  # offset of the last message of this topic-partition in the call
+
+
+_round_robin = itertools.count()
+
+
+def partition_for_key(key: bytes | None, partitions: int) -> int:
+    if key is None:
+        return next(_round_robin) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def send_batched(producer, messages: Sequence[tuple[str, int | None, bytes | None,
+                                                          bytes | None, list | None]],
+                       ) -> list[Delivered]:
+    """Send (topic, partition | None, key, value, headers) messages; return once all are
+    acknowledged. Raises the first delivery error (the caller stops the batch: at-least-once).
+    """
+    if not messages:
+        return []
+    counts: dict[str, int] = {}
+    by_tp: dict[tuple[str, int], list] = defaultdict(list)
+    for topic, partition, key, value, headers in messages:
+        if partition is None:
+            n = counts.get(topic)
+            if n is None:
+                n = counts[topic] = len(await producer.partitions_for(topic))
+            partition = partition_for_key(key, n)
+        by_tp[(topic, partition)].append((key, value, headers))
+
+    pending: list[tuple[str, int, int, asyncio.Future]] = []
+    for (topic, partition), msgs in by_tp.items():
+        batch = producer.create_batch()
+        count = 0
+        for key, value, headers in msgs:
+            if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                if count == 0:
+                    raise MessageSizeTooLargeError(f"a message for {topic} exceeds the batch size")
+                batch.close()
+                pending.append((topic, partition, count,
+                                await producer.send_batch(batch, topic, partition=partition)))
+                batch, count = producer.create_batch(), 0
+                if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                    raise MessageSizeTooLargeError(f"a message for {topic} exceeds the batch size")
+            count += 1
+        batch.close()
+        pending.append((topic, partition, count,
+                        await producer.send_batch(batch, topic, partition=partition)))
+    results = await asyncio.gather(*(f for *_, f in pending))
+    last: dict[tuple[str, int], int] = {}
+    for (topic, partition, count, _f), meta in zip(pending, results, strict=True):
+        last[(topic, partition)] = meta.offset + count - 1
+    return [Delivered(t, p, off) for (t, p), off in last.items()]
