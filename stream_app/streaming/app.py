@@ -79,6 +79,8 @@ class StreamOptions:
     stream_buffer_maxsize: int = 16384
     lag_interval: float = 5.0
     commit_interval: float = 1.0
+    replication_factor: int = 1  # internal topics; 3 on a production cluster
+    startup_timeout: float = 300.0
 
 
 def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
@@ -92,7 +94,7 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
         autodiscover=False,
         web_enabled=False,
         table_standby_replicas=0,
-        topic_replication_factor=1,
+        topic_replication_factor=opts.replication_factor,
         topic_partitions=opts.partitions,
         topic_disable_leader=True,
         key_serializer="raw",
@@ -139,7 +141,7 @@ async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
                         "max.message.bytes": str(opts.max_request_size)},
         }
         existing = set(await admin.list_topics())
-        new = [NewTopic(name, opts.partitions, 1, topic_configs=cfg)
+        new = [NewTopic(name, opts.partitions, opts.replication_factor, topic_configs=cfg)
                for name, cfg in wanted.items() if name not in existing]
         if new:
             try:

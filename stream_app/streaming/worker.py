@@ -28,6 +28,10 @@ _TUNING = (
     ("session_timeout", "--session-timeout", float, 30.0, "Kafka consumer session timeout (s)"),
     ("heartbeat_interval", "--heartbeat-interval", float, 3.0, "consumer heartbeat (s)"),
     ("rebalance_timeout", "--rebalance-timeout", float, 60.0, "consumer rebalance timeout (s)"),
+    ("replication_factor", "--replication-factor", int, 1,
+     "replication factor of the internal topics (repartition, table changelog)"),
+    ("startup_timeout", "--startup-timeout", float, 300.0,
+     "seconds to keep retrying the broker at start-up before giving up"),
 )
 
 
@@ -116,10 +120,23 @@ def run(args: argparse.Namespace) -> int:
     errors: list[BaseException] = []
 
     def _setup() -> None:
-        try:
-            asyncio.run(ensure_internal_topics(settings, opts))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        # The broker may still be starting (or restarting): retry with backoff for
+        # startup_timeout seconds before reporting it, instead of dying at once.
+        import time
+
+        deadline = time.monotonic() + opts.startup_timeout
+        delay = 1.0
+        while True:
+            try:
+                asyncio.run(ensure_internal_topics(settings, opts))
+                return
+            except Exception as exc:  # noqa: BLE001 - reported below
+                if time.monotonic() + delay > deadline:
+                    errors.append(exc)
+                    return
+                log.warning("broker not ready (%s); retrying in %.0f s", type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     t = threading.Thread(target=_setup, name="chargecap-setup")
     t.start()
@@ -131,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
 
     import faust
 
+    from stream_app.streaming.logfilter import rate_limit_kafka_client_logs
+
+    rate_limit_kafka_client_logs()
     loglevel = getattr(args, "faust_loglevel", None) or getattr(args, "log_level", "INFO")
     worker = faust.Worker(streams.app, loglevel=str(loglevel).lower(), quiet=True)
     try:

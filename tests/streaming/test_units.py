@@ -263,3 +263,23 @@ def test_tuning_flags_validated(flag):
     with pytest.raises(ConfigError):
         stream_options(p.parse_args([flag, "0"]), environ={})
     assert stream_options(p.parse_args([flag, "3"]), environ={}) is not None
+
+
+def test_kafka_client_log_flood_is_rate_limited():
+    import logging
+
+    from stream_app.streaming.logfilter import RateLimitFilter
+
+    t = [0.0]
+    flt = RateLimitFilter(interval=10.0, clock=lambda: t[0])
+
+    def rec(msg="Unable connect to node %s", level=logging.ERROR):
+        return logging.LogRecord("aiokafka.conn", level, __file__, 1, msg, ("x",), None)
+
+    assert flt.filter(rec())  # the first one passes
+    assert not any(flt.filter(rec()) for _ in range(500))  # the flood is held back
+    assert flt.filter(rec("another problem"))  # a different template passes
+    assert flt.filter(rec(level=logging.INFO))  # below WARNING is never limited
+    t[0] = 10.0
+    r = rec()
+    assert flt.filter(r) and "500 similar messages suppressed" in r.msg
