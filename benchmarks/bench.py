@@ -100,6 +100,15 @@ def machine_info() -> dict:
             "python": sys.version.split()[0]}
 
 
+def git_state() -> dict:
+    """The code measured: HEAD and whether stream_app/ has uncommitted changes."""
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown",
+            "stream_app_dirty": bool(git("status", "--porcelain", "--", "stream_app"))}
+
+
 def loadavg() -> float:
     try:
         return round(os.getloadavg()[0], 2)
@@ -340,12 +349,38 @@ class Worker:
             *(extra or []),
         ]
         self.proc: subprocess.Popen | None = None
+        self.spy: subprocess.Popen | None = None
+        self.profile_path: Path | None = None
 
     def start(self) -> Worker:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
+
+    def start_profile(self, out_dir: Path | None) -> None:
+        """py-spy (collapsed stacks, GIL-holding samples only) on the worker, if asked."""
+        if out_dir is None:
+            return
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.profile_path = out_dir / f"{self.app_id}.txt"
+        self.spy = subprocess.Popen(
+            [spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "100",
+             "--nolineno", "--gil", "--output", str(self.profile_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_profile(self) -> None:
+        if self.spy is None:
+            return
+        self.spy.send_signal(signal.SIGINT)
+        try:
+            self.spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.spy.kill()
+            self.spy.wait(timeout=10)
+        self.spy = None
+        log(f"profile of {self.app_id}: {self.profile_path}")
 
     @property
     def pid(self) -> int:
@@ -422,6 +457,7 @@ class Worker:
             await asyncio.sleep(0.1 if consumed < n else 0.25)
 
     def stop(self) -> None:
+        self.stop_profile()
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -459,14 +495,16 @@ async def phase_raw(bootstrap: str, prefix: str, n: int) -> dict:
 
 
 async def phase_pipeline(bootstrap: str, prefix: str, n: int, workdir: Path, app_id: str,
-                         quiet: float, timeout: float) -> dict:
+                         quiet: float, timeout: float, profile: Path | None = None) -> dict:
     w = Worker(bootstrap, app_id, prefix, "rocksdb://", workdir).start()
     try:
         t_start = time.monotonic()
+        w.start_profile(profile)
         ready_s = await w.wait_ready()
         async with Probe(bootstrap) as probe:
             done = await w.wait_processed(n, [prefix + t for t in INPUT_TOPICS], probe,
                                           [prefix + t for t in OUTPUT_TOPICS], quiet, timeout)
+            w.stop_profile()
             first = await probe.edge_timestamps([f"{app_id}-patient-records"], last=False)
             last = await probe.edge_timestamps([prefix + t for t in OUTPUT_TOPICS], last=True)
             ends = await probe.end_offsets([prefix + t for t in OUTPUT_TOPICS])
@@ -678,6 +716,8 @@ def parse_args(argv):
     ap.add_argument("--no-memory-compare", action="store_true",
                     help="skip the memory:// comparison run")
     ap.add_argument("--keep", action="store_true", help="keep topics and tmp dirs")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="py-spy the pipeline worker (collapsed stacks in DIR; slows it)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.records = min(args.records, 2000)
@@ -727,7 +767,7 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
                 app_id = f"bench-{run_id}-pipe"
                 prefixes.append(app_id)
                 pipe = await phase_pipeline(bootstrap, p1, n, workdir, app_id, quiet,
-                                            timeout=max(300.0, n / 200))
+                                            timeout=max(300.0, n / 200), profile=args.profile)
                 durations["pipeline"] = time.perf_counter() - t
                 details["pipeline"] = pipe
                 res["pipeline_eps"] = round(pipe["eps"])
@@ -808,8 +848,10 @@ def print_table(res: dict) -> None:
         ("bytes_per_open_patient_day_memory_store", "same with memory:// store"),
     ]
     m = res["machine"]
+    dirty = " + uncommitted stream_app" if res["git"]["stream_app_dirty"] else ""
     print(f"machine: {m['cores']} cores, {m['ram_bytes'] / 2**30:.1f} GiB, {m['cpu_model']}, "
-          f"python {m['python']}; load avg {res['load_avg_start']} → {res['load_avg_end']}")
+          f"python {m['python']}; load avg {res['load_avg_start']} → {res['load_avg_end']}; "
+          f"code {res['git']['commit']}{dirty}")
     print(f"records: {res['records']:,}")
     for key, label in rows:
         v = res.get(key)
@@ -843,7 +885,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     bootstrap = ensure_broker(args.broker)
     workdir = Path(tempfile.mkdtemp(prefix="chargecap-bench-"))
-    res: dict = {"machine": machine_info(), "load_avg_start": loadavg()}
+    res: dict = {"machine": machine_info(), "git": git_state(), "load_avg_start": loadavg()}
     try:
         res.update(asyncio.run(run(args, bootstrap, workdir)))
     finally:
