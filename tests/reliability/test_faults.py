@@ -226,17 +226,18 @@ async def test_broker_restart(unique_name, tmp_path):
         pid = worker.proc.pid
         reader = OutputReader(bs, prefix)
         await reader.start()
-        feeder = Feeder(bs, messages, chunk=100, pause=0.05)
-        cut = int(len(messages) * 0.6)
-        await feeder.run(0, cut)
-        await asyncio.sleep(0.5)  # the worker is busy with the first 60 %
+        # input keeps arriving while the broker goes away: the feeder's sends wait for it
+        # (idempotent producer, 60 s request timeout) and the worker is mid-batch
+        feeder = Feeder(bs, messages, chunk=50, pause=0.2).start()
+        await asyncio.sleep(4)
+        timings["produced_at_down"] = feeder.sent
         timings["broker_down_s"] = round(await asyncio.to_thread(broker.down), 1)
         await asyncio.sleep(5)
         assert worker.proc.poll() is None, "worker stopped while the broker was down:\n" + \
             worker.tail()
         timings["broker_restart_s"] = round(await asyncio.to_thread(broker.up), 1)
         t = time.monotonic()
-        await feeder.run(cut, len(messages))
+        await feeder.wait()
         await reader.wait_settled(timeout=180)
         timings["settled_after_restart_s"] = round(time.monotonic() - t, 1)
         assert worker.proc.poll() is None and worker.proc.pid == pid, worker.tail()
