@@ -48,21 +48,76 @@ class Derivation:
 
     @classmethod
     def load(cls, directory: str | Path | None = None) -> Derivation:
+        from stream_app.engine.ruledata import RuleDataError
+
         path = Path(directory) / "derivation.json" if directory else None
         if path is None or not path.exists():
             path = Path(__file__).resolve().parent.parent / "rules" / "derivation.json"
+        text = path.read_text()
         try:
-            return cls(json.loads(path.read_text()))
+            raw = json.loads(text)
         except json.JSONDecodeError as exc:  # fail fast, naming file, line and column
-            from stream_app.engine.ruledata import RuleDataError
-
             raise RuleDataError(str(path), exc.lineno, exc.colno, exc.msg) from None
+        if not isinstance(raw, dict):
+            raise RuleDataError(str(path), 1, 1, "must be a JSON object")
+        # Every setting must be present with its type: a missing one would otherwise only
+        # surface on the first record that needs it, after the worker joined its group.
+        for key, want in _DERIVATION_SCHEMA.items():
+            line = next((n for n, ln in enumerate(text.splitlines(), 1) if f'"{key}"' in ln), 1)
+            if key not in raw:
+                raise RuleDataError(str(path), 1, key, f"required setting {key!r} is missing")
+            if not _matches(raw[key], want):
+                raise RuleDataError(str(path), line, key, f"{key!r} must be {_describe(want)}")
+        return cls(raw)
 
     def __getattr__(self, name: str):
         try:
             return self.raw[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+_NUMBER = (int, float)
+# derivation.json: setting -> expected shape (a type, or a dict of sub-keys -> type).
+_DERIVATION_SCHEMA: dict[str, object] = {
+    "push_max_minutes": _NUMBER,
+    "same_drug_push_window_minutes": _NUMBER,
+    "duplicate_window_minutes": _NUMBER,
+    "infusion_first_hour_minutes": _NUMBER,
+    "infusion_additional_hour_past_minutes": _NUMBER,
+    "sc_im_codes": {"therapeutic": str, "prophylactic": str, "diagnostic": str,
+                    "antineoplastic": str, "hormonal_antineoplastic": str},
+    "vaccine": {"first": str, "additional": str},
+    "allergen_immunotherapy": {"one": str, "two_or_more": str},
+    "intra_arterial": str,
+    "push": {"initial": str, "sequential": str, "same_drug_repeat": str},
+    "infusion": {"initial": str, "sequential": str, "additional_hour": str},
+    "multiple_injection_code": str,
+    "no_drug_line_categories": {"categories": list},
+    "ndc_unit_from_dose": dict,
+    "dose_unit_scale": dict,
+    "modifiers": {"separate_em": str, "distinct_default": str, "repeat_same_provider": str,
+                  "repeat_other_provider": str, "repeat_lab": str, "waste": str,
+                  "no_waste": str},
+    "em_99211": str,
+}
+
+
+def _matches(value, want) -> bool:
+    if isinstance(want, dict):
+        return isinstance(value, dict) and all(
+            k in value and _matches(value[k], t) for k, t in want.items())
+    if want is _NUMBER:
+        return isinstance(value, _NUMBER) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, want)
+
+
+def _describe(want) -> str:
+    if isinstance(want, dict):
+        return "an object with " + ", ".join(f"{k!r}" for k in want)
+    if want is _NUMBER:
+        return "a number >= 0"
+    return {str: "a string", list: "a list", dict: "an object"}.get(want, str(want))
 
 
 def _key(*parts: str) -> str:

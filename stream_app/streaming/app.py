@@ -114,6 +114,13 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
     )
 
 
+def make_producer_idempotent(app: faust.App) -> None:
+    """acks=all and an idempotent producer without Faust's exactly_once mode: a produce
+    retried after a broker or network failure can then not write a message twice (a
+    duplicate would carry an equal, not a higher, revision)."""
+    app.producer._settings_extra = lambda: {"acks": "all", "enable_idempotence": True}  # noqa: SLF001
+
+
 def internal_topic_names(settings: Settings) -> tuple[str, str]:
     """(repartition topic, table changelog topic) of an app id."""
     return f"{settings.app_id}-patient-records", f"{settings.app_id}-patient-state-changelog"
@@ -222,6 +229,7 @@ class ChargecapStreams:
         self.engine = engine
         self.metrics = metrics
         self.app = app = build_faust_app(settings, opts)
+        make_producer_idempotent(app)
         self.input_names = tuple(settings.topic(t) for t in INPUT_TOPICS)
         self.origin_of = {name: i for i, name in enumerate(self.input_names)}
         self.lines_topic = settings.topic(TOPIC_CHARGE_LINES)

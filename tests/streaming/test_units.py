@@ -283,3 +283,16 @@ def test_kafka_client_log_flood_is_rate_limited():
     t[0] = 10.0
     r = rec()
     assert flt.filter(r) and "500 similar messages suppressed" in r.msg
+
+
+async def test_worker_producer_is_idempotent_without_exactly_once():
+    """Retries after a broker failure must not duplicate outputs (equal revisions)."""
+    from stream_app.config import Settings
+    from stream_app.streaming.app import StreamOptions, build_faust_app, make_producer_idempotent
+
+    app = build_faust_app(Settings(broker="kafka://127.0.0.1:1", store="memory://"),
+                          StreamOptions())
+    make_producer_idempotent(app)
+    producer = app.producer._new_producer()
+    assert producer._txn_manager is not None  # idempotence on: sequence numbers per partition
+    assert app.conf.processing_guarantee.value == "at_least_once"
