@@ -694,8 +694,22 @@ async def phase_memory(bootstrap: str, prefix: str, messages, open_days: int, st
 
 
 def phase_replay(n: int) -> dict:
-    with contextlib.redirect_stdout(sys.stderr):
-        return bench_replay.main(["--records", str(n), "--seed", str(SEED)])
+    """bench_replay.main on the same records; removes the NDJSON tmp dir it leaves behind."""
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*a, **kw):
+        made.append(real_mkdtemp(*a, **kw))
+        return made[-1]
+
+    tempfile.mkdtemp = mkdtemp  # only this process, only during the call
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return bench_replay.main(["--records", str(n), "--seed", str(SEED)])
+    finally:
+        tempfile.mkdtemp = real_mkdtemp
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- main
