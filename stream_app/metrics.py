@@ -287,7 +287,8 @@ class Metrics:
         self._open_alerts: dict[str, tuple[tuple[str, str], float, Any]] = {}
         self._risk_sums: dict[tuple[str, str], list[float]] = {}  # labels -> [count, total]
         # line_id -> True while the line is active and already counted; never exported.
-        self._active_lines: set[str] = set()
+        # hash() of the ids of lines currently active (ints: half the memory of the ids)
+        self._active_lines: set[int] = set()
         self._preinitialise()
 
     # ---------------------------------------------------------------- label helpers
@@ -481,7 +482,7 @@ class Metrics:
         """
         state = line.get("state")
         self.line_emitted(line.get("code"), state)
-        line_id = line.get("line_id")
+        line_id = hash(line.get("line_id"))
         with self._lock:
             if state == "active":
                 first = line_id not in self._active_lines

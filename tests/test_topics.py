@@ -154,7 +154,8 @@ async def test_changed_config_is_updated_and_other_overrides_kept(kafka_bootstra
                     configs={
                         "cleanup.policy": "delete",
                         "retention.ms": "1000",
-                        "max.message.bytes": "2000000",
+                        "max.message.bytes": "8388608",  # as defined: alter_configs
+                        "segment.ms": "3600000",  # replaces every override at once
                     },
                 )
             ]
@@ -173,7 +174,7 @@ async def test_changed_config_is_updated_and_other_overrides_kept(kafka_bootstra
 
         configs = await _topic_configs(admin, name)
         assert configs["retention.ms"] == str(30 * DAY_MS)
-        assert configs["max.message.bytes"] == "2000000"  # the operator's override stays
+        assert configs["segment.ms"] == "3600000"  # the operator's override stays
 
         again = await apply_topics(kafka_bootstrap, prefix)
         assert all(c.action == UNCHANGED for c in again)

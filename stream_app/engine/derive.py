@@ -124,12 +124,10 @@ def _key(*parts: str) -> str:
     return blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
-@lru_cache(maxsize=1 << 18)
 def line_key(patient_id: str, day: date, event_type: str, record_id: str, role: str) -> str:
     return _key("line", patient_id, day.isoformat(), event_type, record_id, role)
 
 
-@lru_cache(maxsize=1 << 16)
 def alert_key(patient_id: str, day: date, reason_code: str, subject: str) -> str:
     return _key("alert", patient_id, day.isoformat(), reason_code, subject)
 
@@ -211,15 +209,17 @@ class _CachedRules:
         self._rules = rules
 
     def __getattr__(self, name: str):
-        fn = lru_cache(maxsize=65536)(getattr(self._rules, name))
+        fn = lru_cache(maxsize=8192)(getattr(self._rules, name))
         setattr(self, name, fn)
         return fn
 
 
-_npi_valid = lru_cache(maxsize=65536)(nz.npi_valid)
+# Small caches: providers, drugs and diagnosis codes repeat; per-record values (ids,
+# timestamps) are not cached, so memory does not grow with the records seen.
+_npi_valid = lru_cache(maxsize=4096)(nz.npi_valid)
 _route = lru_cache(maxsize=1024)(nz.normalize_route)
-_ndc11 = lru_cache(maxsize=65536)(nz.ndc_to_11)
-_icd10cm_shaped = lru_cache(maxsize=65536)(nz.icd10cm_shaped)
+_ndc11 = lru_cache(maxsize=4096)(nz.ndc_to_11)
+_icd10cm_shaped = lru_cache(maxsize=8192)(nz.icd10cm_shaped)
 
 
 class Evaluator:

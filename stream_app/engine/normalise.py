@@ -157,7 +157,7 @@ def zone(tz: str) -> ZoneInfo | None:
         return None
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
 def _service_date(occurred_at: datetime, tz: str) -> date:
     zi = zone(tz)
     if zi is None:

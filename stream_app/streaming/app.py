@@ -76,11 +76,24 @@ class StreamOptions:
     producer_linger: float = 0.005
     max_request_size: int = 16 * 1024 * 1024
     max_batch_bytes: int = 4 * 1024 * 1024
-    stream_buffer_maxsize: int = 16384
+    stream_buffer_maxsize: int = 4096
     lag_interval: float = 5.0
     commit_interval: float = 1.0
     replication_factor: int = 1  # internal topics; 3 on a production cluster
     startup_timeout: float = 300.0
+
+
+# Faust's RocksDB defaults (64 MB x 3 write buffers and a 2 GiB block cache per partition
+# database) let a worker hold its whole table in memtables; patient state is read
+# rarely (a patient's records arrive minutes apart) and the hot patients are in the
+# decoded-state cache, so small buffers keep resident memory proportional to the work,
+# not to the number of open patient-days (docs/performance.md).
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 2 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 4 * 1024 * 1024,
+    "block_cache_compressed_size": 1024 * 1024,
+}
 
 
 def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
@@ -108,6 +121,8 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
         # Stage batches are produced as one record batch per topic-partition
         # (batching.send_batched); the batch size bounds how many messages one holds.
         producer_max_batch_size=opts.max_batch_bytes,
+        # Must hold the largest message an input topic accepts (the broker's limit, often
+        # above max_message_bytes) or the consumer stalls on it instead of dead-lettering.
         consumer_max_fetch_size=max(4 * 1024 * 1024, settings.max_message_bytes * 2),
         stream_buffer_maxsize=opts.stream_buffer_maxsize,
         consumer_auto_offset_reset="earliest",
@@ -170,6 +185,33 @@ async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
             if time.monotonic() > deadline:
                 raise RuntimeError("internal topics did not appear in the broker metadata")
             await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+DEFAULT_DEAD_LETTER_LIMIT = 1_000_000  # Kafka's default message.max.bytes, rounded down
+RECORD_OVERHEAD = 4096  # key, headers and record framing around a dead letter's value
+
+
+async def dead_letter_limit(settings: Settings) -> int:
+    """The largest value the dead-letter topic accepts (its max.message.bytes, else the
+    broker's default). Dead letters above it are truncated *before* sending: a rejected
+    batch would break the idempotent producer's sequence numbers."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from stream_app.topics import _describe_configs
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                client_id=f"{settings.app_id}-setup",
+                                **settings.aiokafka_security_kwargs())
+    await admin.start()
+    try:
+        name = settings.topic(TOPIC_DEAD_LETTERS)
+        if name not in set(await admin.list_topics()):
+            return DEFAULT_DEAD_LETTER_LIMIT
+        value = (await _describe_configs(admin, [name]))[name].get("max.message.bytes",
+                                                                   (None, 0))[0]
+        return int(value) if value else DEFAULT_DEAD_LETTER_LIMIT
     finally:
         await admin.close()
 
@@ -237,6 +279,7 @@ class ChargecapStreams:
         self.dead_topic = settings.topic(TOPIC_DEAD_LETTERS)
         self.repartition_name = f"{settings.app_id}-patient-records"
         self.recovered = False
+        self.dead_letter_limit = DEFAULT_DEAD_LETTER_LIMIT  # set from the topic at start-up
         self.stopping = False
         self.stage2 = Stage2(engine, state_cls, metrics=metrics, input_topics=self.input_names)
 
@@ -250,6 +293,7 @@ class ChargecapStreams:
         self.table = app.Table(
             "patient-state", partitions=opts.partitions, key_type=bytes, value_type=bytes,
             schema=faust.Schema(**raw), recovery_buffer_size=10000,
+            options=ROCKSDB_OPTIONS if str(settings.store).startswith("rocksdb") else None,
         )
         self.table.on_recover(self._on_recover)
 
@@ -330,7 +374,13 @@ class ChargecapStreams:
             return
         send = self.app.producer.send
         futures = []
+        limit = self.dead_letter_limit - RECORD_OVERHEAD
         for topic, key, value, partition, headers, dead in sends:
+            if dead is not None and len(value) > limit:
+                log.warning("dead letter larger than the topic accepts; sending it with raw "
+                            "truncated")
+                t = truncated_dead_letter(dead)
+                topic, key, value, headers = self.dead_topic, t.key, t.value, t.headers
             try:
                 futures.append(await send(topic, key, value, partition, None, headers))
             except Exception as exc:

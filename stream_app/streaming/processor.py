@@ -106,7 +106,7 @@ class Stage2:
         max_due_per_tick: int = 2000,
         max_pending_per_tick: int = 2000,
         clock: Callable[[], float] = time.time,
-        cache_size: int = 20000,
+        cache_size: int = 512,
     ):
         self.engine = engine
         self.state_cls = state_cls
@@ -117,7 +117,8 @@ class Stage2:
         self.clock = clock
         self.parts: dict[int, PartitionIndex] = {}
         self._last_us = 0
-        # Decoded states of recently touched patients (LRU, bounded): the table stays the
+        # Decoded states of recently touched patients (LRU, bounded; a decoded state is
+        # ~10x its encoded size, so the bound is small): the table stays the
         # truth (every change is written to it); the cache only spares decoding. An entry
         # is taken out while the engine works on it, so a failure never leaves a
         # half-updated state behind; rebalances clear it.
@@ -255,6 +256,9 @@ class Stage2:
             elif p.due.get(key) != due:
                 p.due[key] = due
                 heapq.heappush(p.heap, (due, key))
+                if len(p.heap) > 2 * len(p.due) + 1024:  # drop stale entries (lazy deletion)
+                    p.heap = [(d, k) for k, d in p.due.items()]
+                    heapq.heapify(p.heap)
         delta = new_open - old_open
         if delta:
             p.open_days += delta
