@@ -121,9 +121,9 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
         # Stage batches are produced as one record batch per topic-partition
         # (batching.send_batched); the batch size bounds how many messages one holds.
         producer_max_batch_size=opts.max_batch_bytes,
-        # Must hold the largest message an input topic accepts (the broker's limit, often
-        # above max_message_bytes) or the consumer stalls on it instead of dead-lettering.
-        consumer_max_fetch_size=max(4 * 1024 * 1024, settings.max_message_bytes * 2),
+        # Per-partition fetch buffers are resident memory under backlog; the broker still
+        # returns a larger first message whole (KIP-74), so one maximal message suffices.
+        consumer_max_fetch_size=settings.max_message_bytes + 64 * 1024,
         stream_buffer_maxsize=opts.stream_buffer_maxsize,
         consumer_auto_offset_reset="earliest",
     )
