@@ -52,25 +52,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-try:  # teammate-owned; fall back to the contract's names if it is not importable
-    from stream_app.config import (
-        EVENT_TYPE_TOPICS,
-        add_settings_arguments,
-        kafka_bootstrap_servers,
-        settings_from_args,
-    )
-except ImportError:  # pragma: no cover - only while config.py is missing
-    EVENT_TYPE_TOPICS = {
-        "medication.administered": "ehr.medication-administrations",
-        "em.service": "ehr.em-services",
-        "drug.dispensed": "pharmacy.dispenses",
-    }
-    add_settings_arguments = None
-    settings_from_args = None
-
-    def kafka_bootstrap_servers(broker_url: str) -> str:
-        return ",".join(p.split("://", 1)[-1] for p in broker_url.split(",") if p.strip())
-
+from stream_app.config import EVENT_TYPE_TOPICS, add_settings_arguments, settings_from_args
+from stream_app.engine import normalise
 
 ADMINISTRATION = "medication.administered"
 EM_SERVICE = "em.service"
@@ -373,24 +356,9 @@ _MEDICARE_ONLY = ("medicare_waste_missing",)
 # -- small helpers -----------------------------------------------------------------------
 
 
-def npi_check_digit(first9: str) -> str:
-    """Luhn check digit of an NPI: over "80840" + the first 9 digits."""
-    total = 0
-    for i, ch in enumerate(reversed("80840" + first9)):
-        d = ord(ch) - 48
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return str((10 - total % 10) % 10)
-
-
-def npi_is_valid(npi: Any) -> bool:
-    return (
-        isinstance(npi, str) and len(npi) == 10 and npi.isdigit()
-        and npi_check_digit(npi[:9]) == npi[9]
-    )
+# The generator draws NPIs with the validator's own check digit (billing-rules.md §8).
+npi_check_digit = normalise.npi_check_digit
+npi_is_valid = normalise.npi_valid
 
 
 def ndc_label_to_11(label: str) -> str:
@@ -1686,22 +1654,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop producing after this long")
     o.add_argument("--summary", action="store_true",
                    help="print counts by kind to stderr (no ids)")
-    if add_settings_arguments is not None:
-        known = {a for action in parser._actions for a in action.option_strings}
-        if "--broker" not in known:
-            add_settings_arguments(parser)
-    else:  # pragma: no cover
-        parser.add_argument("--broker", default=None)
-        parser.add_argument("--topic-prefix", dest="topic_prefix", default=None)
+    known = {a for action in parser._actions for a in action.option_strings}
+    if "--broker" not in known:
+        add_settings_arguments(parser)
 
 
 def _settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     """(bootstrap servers, topic prefix, aiokafka security kwargs) from flags/env."""
-    if settings_from_args is not None:
-        s = settings_from_args(args)
-        return s.bootstrap_servers, s.topic_prefix, s.aiokafka_security_kwargs()
-    broker = getattr(args, "broker", None) or "kafka://localhost:9092"  # pragma: no cover
-    return kafka_bootstrap_servers(broker), getattr(args, "topic_prefix", None) or "", {}
+    s = settings_from_args(args)
+    return s.bootstrap_servers, s.topic_prefix, s.aiokafka_security_kwargs()
 
 
 def stream_from_args(args: argparse.Namespace, topic_prefix: str = "") -> GeneratedStream:

@@ -118,22 +118,26 @@ def ndc_to_11(raw: str | None) -> str | None:
     return "".join(parts)
 
 
-def npi_valid(npi: str | None) -> bool:
-    """10 digits, Luhn check digit over the prefix 80840 + first 9 digits."""
-    if type(npi) is not str or len(npi) != 10 or not npi.isascii() or not npi.isdigit():
-        return False
-    payload = "80840" + npi[:9]
+def npi_check_digit(first9: str) -> str:
+    """The NPI check digit: Luhn over the prefix 80840 + the first 9 digits, doubling every
+    second digit from the rightmost digit of that payload (the check digit sits to its
+    right)."""
     total = 0
-    # Luhn: double every second digit starting from the rightmost digit of the payload
-    # (the check digit itself would sit to its right).
-    for i, ch in enumerate(reversed(payload)):
+    for i, ch in enumerate(reversed("80840" + first9)):
         d = ord(ch) - 48
         if i % 2 == 0:
             d *= 2
             if d > 9:
                 d -= 9
         total += d
-    return (10 - total % 10) % 10 == ord(npi[9]) - 48
+    return str((10 - total % 10) % 10)
+
+
+def npi_valid(npi: str | None) -> bool:
+    """10 digits, Luhn check digit over the prefix 80840 + first 9 digits."""
+    if type(npi) is not str or len(npi) != 10 or not npi.isascii() or not npi.isdigit():
+        return False
+    return npi_check_digit(npi[:9]) == npi[9]
 
 
 _ICD10CM = re.compile(r"[A-Z][0-9][A-Z0-9](?:\.[A-Z0-9]{1,4})?", re.ASCII)
