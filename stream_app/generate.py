@@ -1547,49 +1547,21 @@ def generate_stream(
     return GeneratedStream(events, plan, gen.labels, gen.fixed, malformed, stats)
 
 
-def generate_events(
-    seed: int,
-    patients: int = 200,
-    days: int = 3,
-    start_date: str | date = "2025-03-10",
-    error_rate: float = 0.15,
-    error_mix: dict[str, float] | None = None,
-    amend_rate: float = 0.05,
-    withdraw_rate: float = 0.02,
-    redeliver_rate: float = 0.03,
-    shuffle_window: int = 20,
-    malformed_rate: float = 0.0,
-    **kwargs: Any,
-) -> list[dict]:
-    """The valid input records in arrival order (see `generate_stream`).
+def generate_events(seed: int, *args: Any, **kwargs: Any) -> list[dict]:
+    """The valid input records in arrival order; takes `generate_stream`'s arguments.
 
-    Malformed messages are raw bytes, not records: they are never in this list (the
-    argument is accepted so both functions take the same keywords). Don't mutate the
-    dicts: a redelivery is the same dict object twice.
+    Malformed messages are raw bytes, not records: they are never in this list. Don't
+    mutate the dicts: a redelivery is the same dict object twice.
     """
-    return generate_stream(seed, patients, days, start_date, error_rate, error_mix,
-                           amend_rate, withdraw_rate, redeliver_rate, shuffle_window,
-                           0.0, **kwargs).events
+    kwargs.pop("malformed_rate", None)
+    if len(args) >= 10:  # malformed_rate given positionally
+        args = args[:9] + (0.0,) + args[10:]
+    return generate_stream(seed, *args, **kwargs).events
 
 
-def generate_messages(
-    seed: int,
-    patients: int = 200,
-    days: int = 3,
-    start_date: str | date = "2025-03-10",
-    error_rate: float = 0.15,
-    error_mix: dict[str, float] | None = None,
-    amend_rate: float = 0.05,
-    withdraw_rate: float = 0.02,
-    redeliver_rate: float = 0.03,
-    shuffle_window: int = 20,
-    malformed_rate: float = 0.0,
-    **kwargs: Any,
-) -> list[Message]:
-    """(topic, key, value) per message in send order (see `generate_stream`)."""
-    return generate_stream(seed, patients, days, start_date, error_rate, error_mix,
-                           amend_rate, withdraw_rate, redeliver_rate, shuffle_window,
-                           malformed_rate, **kwargs).messages
+def generate_messages(seed: int, *args: Any, **kwargs: Any) -> list[Message]:
+    """(topic, key, value) per message in send order; takes `generate_stream`'s arguments."""
+    return generate_stream(seed, *args, **kwargs).messages
 
 
 # -- command line ---------------------------------------------------------------------------
