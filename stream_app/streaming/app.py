@@ -448,7 +448,17 @@ class ChargecapStreams:
         batch_us = self.stage2.batch_us()
         now = time.time()
         changelog: list = []
-        touched = list(ctx)
+        # A partition revoked after its events were fetched now belongs to another worker,
+        # which recovers its state from the changelog and processes these events again
+        # (their offsets were not committed by us). Writing its state here would race that
+        # recovery with a stale value, so such partitions are left alone. (Processing is
+        # synchronous from here to the changelog write: no revocation can interleave.)
+        owned = self._owned_partitions()
+        touched = [p for p in ctx if owned is None or p in owned]
+        for p in ctx:
+            if p not in touched:
+                outputs = [o for o in outputs if o.partition != p]
+                self.stage2.revoke(p)
         for p in touched:
             access = _PartitionTable(self.table, p, ctx[p], changelog)
             try:
@@ -534,6 +544,15 @@ class ChargecapStreams:
         futures = [await send(self.repartition_name, None, b"", p, None, codecs.TICK_HEADERS)
                    for p in range(self.opts.partitions)]
         await asyncio.gather(*futures)
+
+    def _owned_partitions(self) -> set[int] | None:
+        """Partitions of the repartition topic this worker is assigned now (None when the
+        consumer cannot say, e.g. not started: then nothing is filtered)."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001
+            return None
+        return {tp.partition for tp in assignment if tp.topic == self.repartition_name}
 
     def _active_partitions(self) -> set[int]:
         changelog = self.table.changelog_topic_name
