@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from tests.streaming.harness import terminate
+
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_YML = REPO / "deploy" / "prometheus" / "alerts.yml"
 ENSURE_PROMETHEUS = REPO / "deploy" / "prometheus" / "ensure-prometheus.sh"
@@ -157,13 +159,7 @@ class Worker:
         """SIGTERM (then SIGKILL after `timeout`); returns the exit status."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        terminate(self.proc, timeout)
         for f in self._files:
             f.close()
         self._files = []
