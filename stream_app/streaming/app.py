@@ -190,28 +190,34 @@ async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
 
 
 DEFAULT_DEAD_LETTER_LIMIT = 1_000_000  # Kafka's default message.max.bytes, rounded down
+DEFAULT_OUTPUT_LIMIT = DEFAULT_DEAD_LETTER_LIMIT
 RECORD_OVERHEAD = 4096  # key, headers and record framing around a dead letter's value
 
 
-async def dead_letter_limit(settings: Settings) -> int:
-    """The largest value the dead-letter topic accepts (its max.message.bytes, else the
-    broker's default). Dead letters above it are truncated *before* sending: a rejected
-    batch would break the idempotent producer's sequence numbers."""
+async def output_limits(settings: Settings) -> dict[str, int]:
+    """The largest record batch each output topic accepts (its max.message.bytes, else
+    the broker's default), read at start-up. Produced batches are cut below it and dead
+    letters above it are truncated *before* sending: a rejected batch would stop the
+    worker (and break the idempotent producer's sequence numbers)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     from stream_app.topics import _describe_configs
 
+    names = [settings.topic(t) for t in (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS,
+                                         TOPIC_DEAD_LETTERS)]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
                                 client_id=f"{settings.app_id}-setup",
                                 **settings.aiokafka_security_kwargs())
     await admin.start()
     try:
-        name = settings.topic(TOPIC_DEAD_LETTERS)
-        if name not in set(await admin.list_topics()):
-            return DEFAULT_DEAD_LETTER_LIMIT
-        value = (await _describe_configs(admin, [name]))[name].get("max.message.bytes",
-                                                                   (None, 0))[0]
-        return int(value) if value else DEFAULT_DEAD_LETTER_LIMIT
+        existing = set(await admin.list_topics())
+        present = [n for n in names if n in existing]
+        configs = await _describe_configs(admin, present) if present else {}
+        limits = {}
+        for name in names:
+            value = configs.get(name, {}).get("max.message.bytes", (None, 0))[0]
+            limits[name] = int(value) if value else DEFAULT_DEAD_LETTER_LIMIT
+        return limits
     finally:
         await admin.close()
 
@@ -296,6 +302,8 @@ class ChargecapStreams:
             options=ROCKSDB_OPTIONS if str(settings.store).startswith("rocksdb") else None,
         )
         self.table.on_recover(self._on_recover)
+        # Record batch limits per topic; the outputs' are read from the broker at start-up.
+        self.set_output_limits({})
 
         app.agent(self.input_topic, name="chargecap-stage1", concurrency=1)(self._stage1)
         app.agent(self.repartition, name="chargecap-stage2", concurrency=1)(self._stage2)
@@ -304,6 +312,14 @@ class ChargecapStreams:
         app.on_partitions_revoked.connect(self._on_revoked)
 
     # ------------------------------------------------------------------ readiness
+
+    def set_output_limits(self, limits: dict[str, int]) -> None:
+        self.dead_letter_limit = limits.get(self.dead_topic, DEFAULT_DEAD_LETTER_LIMIT)
+        self.batch_limits = {name: limits.get(name, DEFAULT_OUTPUT_LIMIT)
+                             for name in (self.lines_topic, self.alerts_topic, self.dead_topic)}
+        internal = self.opts.max_request_size
+        self.batch_limits[self.repartition_name] = internal
+        self.batch_limits[self.table.changelog_topic_name] = internal
 
     def ready(self) -> bool:
         """/healthz: partitions assigned and table recovery done, not rebalancing."""
@@ -358,7 +374,7 @@ class ChargecapStreams:
         if metrics is not None:
             for topic, n in consumed.items():
                 metrics.consumed(topic, n)
-        await asyncio.gather(self._send_all(sends), send_batched(self._kafka(), forwards))
+        await asyncio.gather(self._send_all(sends), send_batched(self._kafka(), forwards, self.batch_limits))
 
     def _kafka(self):
         """The aiokafka producer under Faust's (batched sends go to it directly)."""
@@ -479,7 +495,7 @@ class ChargecapStreams:
         if not changelog:
             return
         store = self.table.data
-        for d in await send_batched(self._kafka(), changelog):
+        for d in await send_batched(self._kafka(), changelog, self.batch_limits):
             store.set_persisted_offset(TP(d.topic, d.partition), d.last_offset)
 
     def _on_engine_error(self, exc, p, access, groups, ticks, batch_us, now, outputs) -> None:
@@ -522,7 +538,7 @@ class ChargecapStreams:
                      for o in outputs if o.kind != "dead"]
         dead = [(self.dead_topic, o.key, o.value, None, o.headers, o)
                 for o in outputs if o.kind == "dead"]
-        await asyncio.gather(send_batched(self._kafka(), decisions), self._send_all(dead))
+        await asyncio.gather(send_batched(self._kafka(), decisions, self.batch_limits), self._send_all(dead))
         m = self.metrics
         if m is None:
             return

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +40,26 @@ def partition_for_key(key: bytes | None, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+DEFAULT_BATCH_LIMIT = 1_000_000  # Kafka's default message.max.bytes, rounded down
+
+
+def _builder(producer, limit: int) -> BatchBuilder:
+    """An empty record batch of at most `limit` bytes (the producer's own batches use its
+    max_batch_size, which may exceed what a topic accepts: the broker applies
+    max.message.bytes to the whole record batch)."""
+    acc = producer._message_accumulator  # noqa: SLF001 - create_batch() takes no size
+    return BatchBuilder(min(limit, acc._batch_size), acc._compression_type)  # noqa: SLF001
+
+
 async def send_batched(producer, messages: Sequence[tuple[str, int | None, bytes | None,
                                                           bytes | None, list | None]],
-                       ) -> list[Delivered]:
+                       limits: Mapping[str, int] | None = None) -> list[Delivered]:
     """Send (topic, partition | None, key, value, headers) messages; return once all are
-    acknowledged. Raises the first delivery error (the caller stops the batch: at-least-once).
+    acknowledged. Each record batch stays within its topic's `limits` entry (default
+    1,000,000 bytes). Raises the first delivery error (the caller stops the batch:
+    at-least-once).
     """
+    limits = limits or {}
     if not messages:
         return []
     counts: dict[str, int] = {}
@@ -59,7 +74,8 @@ async def send_batched(producer, messages: Sequence[tuple[str, int | None, bytes
 
     pending: list[tuple[str, int, int, asyncio.Future]] = []
     for (topic, partition), msgs in by_tp.items():
-        batch = producer.create_batch()
+        limit = limits.get(topic, DEFAULT_BATCH_LIMIT)
+        batch = _builder(producer, limit)
         count = 0
         for key, value, headers in msgs:
             if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
@@ -68,7 +84,7 @@ async def send_batched(producer, messages: Sequence[tuple[str, int | None, bytes
                 batch.close()
                 pending.append((topic, partition, count,
                                 await producer.send_batch(batch, topic, partition=partition)))
-                batch, count = producer.create_batch(), 0
+                batch, count = _builder(producer, limit), 0
                 if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
                     raise MessageSizeTooLargeError(f"a message for {topic} exceeds the batch size")
             count += 1

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import threading
 
-    from stream_app.streaming.app import dead_letter_limit, ensure_internal_topics
+    from stream_app.streaming.app import ensure_internal_topics, output_limits
 
     errors: list[BaseException] = []
 
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         while True:
             try:
                 asyncio.run(ensure_internal_topics(settings, opts))
-                streams.dead_letter_limit = asyncio.run(dead_letter_limit(settings))
+                streams.set_output_limits(asyncio.run(output_limits(settings)))
                 return
             except Exception as exc:  # noqa: BLE001 - reported below
                 if time.monotonic() + delay > deadline:

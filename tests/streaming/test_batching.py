@@ -1,0 +1,71 @@
+"""Unit tests of `send_batched` (no broker): record batches are cut at the destination
+topic's limit, since the broker applies max.message.bytes to a whole record batch and a
+rejected batch stops the worker. The same code runs against the real broker in
+test_worker_e2e.py and tests/reliability."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from stream_app.streaming import batching
+
+# ---------------------------------------------------------------------- send_batched
+
+
+class _Future:
+    def __init__(self, offset):
+        self.offset = offset
+
+
+class FakeProducer:
+    """What send_batched uses of aiokafka's producer; records the submitted batches."""
+
+    def __init__(self, batch_size=16 * 1024 * 1024):
+        self._message_accumulator = SimpleNamespace(_batch_size=batch_size,
+                                                    _compression_type=0)
+        self.batches: list[tuple[str, int, BatchBuilder]] = []
+        self.next_offset: dict[tuple[str, int], int] = {}
+
+    async def partitions_for(self, topic):
+        return {0, 1, 2}
+
+    async def send_batch(self, batch, topic, *, partition):
+        self.batches.append((topic, partition, batch))
+        fut = asyncio.get_running_loop().create_future()
+        base = self.next_offset.get((topic, partition), 0)
+        self.next_offset[(topic, partition)] = base + batch._relative_offset  # noqa: SLF001
+        fut.set_result(_Future(base))
+        return fut
+
+
+def _size(batch: BatchBuilder) -> int:
+    return len(batch._builder.build())  # noqa: SLF001
+
+
+def test_record_batches_stay_within_the_topic_limit():
+    producer = FakeProducer()
+    value = b"v" * 10_000
+    msgs = [("out", 1, f"k{i}".encode(), value, None) for i in range(300)]  # ~3 MB
+    delivered = asyncio.run(batching.send_batched(producer, msgs, {"out": 1_000_000}))
+    sizes = [_size(b) for _t, _p, b in producer.batches]
+    assert len(sizes) >= 3
+    assert max(sizes) <= 1_000_000
+    assert sum(b._relative_offset for *_, b in producer.batches) == 300  # noqa: SLF001
+    assert [(d.topic, d.partition, d.last_offset) for d in delivered] == [("out", 1, 299)]
+
+
+def test_without_a_limit_the_kafka_default_applies():
+    producer = FakeProducer()
+    msgs = [("t", 0, None, b"v" * 10_000, None) for _ in range(200)]  # ~2 MB
+    asyncio.run(batching.send_batched(producer, msgs))
+    assert max(_size(b) for *_, b in producer.batches) <= batching.DEFAULT_BATCH_LIMIT
+
+
+def test_the_producer_batch_size_still_caps_a_larger_topic_limit():
+    producer = FakeProducer(batch_size=200_000)
+    msgs = [("t", 0, None, b"v" * 10_000, None) for _ in range(100)]
+    asyncio.run(batching.send_batched(producer, msgs, {"t": 16 * 1024 * 1024}))
+    assert max(_size(b) for *_, b in producer.batches) <= 200_000
