@@ -46,7 +46,7 @@ from stream_app.config import (
 )
 from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
 from stream_app.streaming import codecs
-from stream_app.streaming.batching import send_batched
+from stream_app.streaming.batching import ack_batch, send_batched, take_batches
 from stream_app.streaming.processor import (
     MARKER_PREFIX,
     Item,
@@ -329,11 +329,12 @@ class ChargecapStreams:
     # ------------------------------------------------------------------ stage 1
 
     async def _stage1(self, stream):
-        async for events in stream.take_events(self.opts.batch_size, self.opts.batch_within):
+        async for events in take_batches(stream, self.opts.batch_size, self.opts.batch_within):
             try:
                 await self._stage1_batch(events)
             except Exception as exc:
                 await self._fatal("stage 1", exc)
+            await ack_batch(stream, events)
 
     async def _stage1_batch(self, events) -> None:
         metrics = self.metrics
@@ -422,11 +423,12 @@ class ChargecapStreams:
     # ------------------------------------------------------------------ stage 2
 
     async def _stage2(self, stream):
-        async for events in stream.take_events(self.opts.batch_size, self.opts.batch_within):
+        async for events in take_batches(stream, self.opts.batch_size, self.opts.batch_within):
             try:
                 await self._stage2_batch(events)
             except Exception as exc:
                 await self._fatal("stage 2", exc)
+            await ack_batch(stream, events)
 
     async def _fatal(self, where: str, exc: BaseException) -> None:
         """A batch could not be completed (e.g. Kafka refused a write): stop the worker

@@ -1,4 +1,13 @@
-"""Produce a whole batch of messages with one record batch per topic-partition.
+"""Batches in, batches out: consumption without early acknowledgement, and one record
+batch per topic-partition.
+
+`take_batches` is Faust's `Stream.take_events` without its acknowledgements. Faust acks
+the events of a batch in a `finally` block: when a worker stops (SIGTERM) or an agent is
+cancelled while a batch is still being processed, Faust closes the generator, the
+unprocessed batch is acked, and the consumer's final commit skips it: those inputs were
+lost (docs/reliability.md). Here only the caller acks (`ack_batch`), after the batch is
+durable.
+
 
 aiokafka's `send()` costs a coroutine, a future and an accumulator look-up per message;
 at stage 2's output rates that per-message overhead, not Kafka, was the limit
@@ -38,6 +47,29 @@ def partition_for_key(key: bytes | None, partitions: int) -> int:
     if key is None:
         return next(_round_robin) % partitions
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def take_batches(stream, max_size: int, within: float):
+    """Faust's `stream.take_events(max_size, within)` without its acknowledgements: the
+    caller acks each batch with `ack_batch` once it is durable. Faust's own acks come from
+    a `finally` block, so a batch abandoned mid-way (worker stopping, agent cancelled)
+    was acked, and committed, unprocessed. Shadowing the stream's `ack` with a no-op
+    leaves Faust's batching (timer, buffer, rebalance hand-off) as it is; skipped events
+    (flow stopped, stale generation) are still acked by Faust itself, through
+    `Event.ack`, as before."""
+    async def _deferred(event) -> bool:
+        return False
+
+    stream.ack = _deferred
+    async for events in stream.take_events(max_size, within):
+        yield events
+
+
+async def ack_batch(stream, events) -> None:
+    """Acknowledge a completed batch: only now may its offsets be committed."""
+    ack = type(stream).ack  # the real Stream.ack, not take_batches' no-op
+    for ev in events:
+        await ack(stream, ev)
 
 
 DEFAULT_BATCH_LIMIT = 1_000_000  # Kafka's default message.max.bytes, rounded down

@@ -1,6 +1,7 @@
-"""Unit tests of `send_batched` (no broker): record batches are cut at the destination
-topic's limit, since the broker applies max.message.bytes to a whole record batch and a
-rejected batch stops the worker. The same code runs against the real broker in
+"""Unit tests of streaming/batching.py (no broker): `send_batched` cuts record batches at
+the destination topic's limit (the broker applies max.message.bytes to a whole record
+batch, and a rejected batch stops the worker); `take_batches` leaves acknowledging to
+the caller, so an abandoned batch is never committed. The same code runs against the real broker in
 test_worker_e2e.py and tests/reliability."""
 
 from __future__ import annotations
@@ -69,3 +70,51 @@ def test_the_producer_batch_size_still_caps_a_larger_topic_limit():
     msgs = [("t", 0, None, b"v" * 10_000, None) for _ in range(100)]
     asyncio.run(batching.send_batched(producer, msgs, {"t": 16 * 1024 * 1024}))
     assert max(_size(b) for *_, b in producer.batches) <= 200_000
+# ---------------------------------------------------------------------- take_batches
+
+
+class FaustLikeStream:
+    """`take_events` as Faust writes it: the events of a batch are acked in a `finally`
+    after the yield, so also when the consumer abandons the batch."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.acked: list = []
+
+    async def ack(self, event) -> bool:
+        self.acked.append(event)
+        return True
+
+    async def take_events(self, max_size, within):
+        for b in self.batches:
+            try:
+                yield list(b)
+            finally:
+                for e in b:
+                    await self.ack(e)
+
+
+def test_an_abandoned_batch_is_not_acknowledged():
+    """A worker stopping mid-batch closes the generator; with Faust's take_events the
+    unprocessed batch was acked, hence committed (docs/reliability.md)."""
+    stream = FaustLikeStream([[1, 2, 3], [4]])
+
+    async def run():
+        gen = batching.take_batches(stream, 100, 0.02)
+        first = await gen.__anext__()
+        await gen.aclose()  # cancelled before the batch was durable
+        return first
+
+    assert asyncio.run(run()) == [1, 2, 3]
+    assert stream.acked == []
+
+
+def test_completed_batches_are_acked_once_by_ack_batch():
+    stream = FaustLikeStream([[1, 2], [3]])
+
+    async def run():
+        async for events in batching.take_batches(stream, 100, 0.02):
+            await batching.ack_batch(stream, events)
+
+    asyncio.run(run())
+    assert stream.acked == [1, 2, 3]
