@@ -45,7 +45,7 @@ def pytest_report_header(config):
 
 def pytest_terminal_summary(terminalreporter):
     if _BROKER_NOTE:
-        terminalreporter.write_line(f"integration tests ran against {_BROKER_NOTE[0]}")
+        terminalreporter.write_line(f"integration tests ran against {' '.join(_BROKER_NOTE)}")
 
 
 def make_unique_name(prefix: str = "t") -> str:
@@ -64,6 +64,36 @@ def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
     return result.returncode == 0
 
 
+def _delete_session_topics(bootstrap: str) -> None:
+    """Delete every topic this session created (all names from ``make_unique_name`` carry
+    ``-<pid>-``). Left behind, thousands of partitions pile up on a reused broker and make
+    its start-up and every rebalance slow (docs/reliability.md)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    marker = f"-{os.getpid()}-"
+
+    async def run() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            names = [t for t in await admin.list_topics() if marker in t]
+            if names:
+                await admin.delete_topics(names)
+            return len(names)
+        finally:
+            await admin.close()
+
+    try:
+        n = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - clean-up must not fail the session
+        _BROKER_NOTE.append(f"(could not delete this session's topics: {type(exc).__name__})")
+        return
+    if n:
+        _BROKER_NOTE.append(f"(deleted the {n} topics this session created)")
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
     env = os.environ.get("KAFKA_BOOTSTRAP")
@@ -73,12 +103,14 @@ def kafka_bootstrap():
             pytest.fail(f"KAFKA_BOOTSTRAP={env} does not answer a Metadata request")
         _BROKER_NOTE.append(f"the Kafka broker at {bootstrap} (KAFKA_BOOTSTRAP)")
         yield bootstrap
+        _delete_session_topics(bootstrap)
         return
     port = os.environ.get("KAFKA_PORT", "9092")
     bootstrap = f"127.0.0.1:{port}"
     if broker_answers(bootstrap):
         _BROKER_NOTE.append(f"the Kafka broker already running at {bootstrap} (reused, left running)")
         yield bootstrap  # someone else's broker: use it, never stop it
+        _delete_session_topics(bootstrap)
         return
     script_env = {**os.environ, "KAFKA_PORT": port}
     started = subprocess.run(
@@ -95,6 +127,7 @@ def kafka_bootstrap():
     )
     try:
         yield bootstrap
+        _delete_session_topics(bootstrap)
     finally:
         subprocess.run(
             ["bash", str(KAFKA_SH), "down"],
