@@ -70,23 +70,9 @@ def _delete_session_topics(bootstrap: str) -> None:
     its start-up and every rebalance slow (docs/reliability.md)."""
     import asyncio
 
-    from aiokafka.admin import AIOKafkaAdminClient
-
     marker = f"-{os.getpid()}-"
-
-    async def run() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics() if marker in t]
-            if names:
-                await admin.delete_topics(names)
-            return len(names)
-        finally:
-            await admin.close()
-
     try:
-        n = asyncio.run(run())
+        n = asyncio.run(delete_topics_matching(bootstrap, lambda t: marker in t))
     except Exception as exc:  # noqa: BLE001 - clean-up must not fail the session
         _BROKER_NOTE.append(f"(could not delete this session's topics: {type(exc).__name__})")
         return
@@ -152,18 +138,24 @@ def topic_prefix() -> str:
     return make_unique_name("t") + "."
 
 
-async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
-    """Deletes every topic whose name starts with ``prefix`` (test clean-up)."""
+async def delete_topics_matching(bootstrap: str, match) -> int:
+    """Deletes every topic whose name satisfies ``match`` (test clean-up); returns how many."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        names = [t for t in await admin.list_topics() if match(t)]
         if names:
             await admin.delete_topics(names)
+        return len(names)
     finally:
         await admin.close()
+
+
+async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
+    """Deletes every topic whose name starts with ``prefix`` (test clean-up)."""
+    await delete_topics_matching(bootstrap, lambda t: t.startswith(prefix))
 
 
 @pytest.fixture

@@ -46,7 +46,12 @@ from stream_app.config import (
 )
 from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
 from stream_app.streaming import codecs
-from stream_app.streaming.batching import ack_batch, send_batched, take_batches
+from stream_app.streaming.batching import (
+    DEFAULT_BATCH_LIMIT,
+    ack_batch,
+    send_batched,
+    take_batches,
+)
 from stream_app.streaming.processor import (
     MARKER_PREFIX,
     Item,
@@ -189,8 +194,7 @@ async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
         await admin.close()
 
 
-DEFAULT_DEAD_LETTER_LIMIT = 1_000_000  # Kafka's default message.max.bytes, rounded down
-DEFAULT_OUTPUT_LIMIT = DEFAULT_DEAD_LETTER_LIMIT
+DEFAULT_DEAD_LETTER_LIMIT = DEFAULT_BATCH_LIMIT  # Kafka's default message.max.bytes
 RECORD_OVERHEAD = 4096  # key, headers and record framing around a dead letter's value
 
 
@@ -314,12 +318,12 @@ class ChargecapStreams:
     # ------------------------------------------------------------------ readiness
 
     def set_output_limits(self, limits: dict[str, int]) -> None:
+        """Record batch limits per topic (send_batched's default covers a topic not
+        listed); the internal topics are created with max_request_size."""
         self.dead_letter_limit = limits.get(self.dead_topic, DEFAULT_DEAD_LETTER_LIMIT)
-        self.batch_limits = {name: limits.get(name, DEFAULT_OUTPUT_LIMIT)
-                             for name in (self.lines_topic, self.alerts_topic, self.dead_topic)}
         internal = self.opts.max_request_size
-        self.batch_limits[self.repartition_name] = internal
-        self.batch_limits[self.table.changelog_topic_name] = internal
+        self.batch_limits = {**limits, self.repartition_name: internal,
+                             self.table.changelog_topic_name: internal}
 
     def ready(self) -> bool:
         """/healthz: partitions assigned and table recovery done, not rebalancing."""
@@ -329,11 +333,15 @@ class ChargecapStreams:
     # ------------------------------------------------------------------ stage 1
 
     async def _stage1(self, stream):
+        await self._run_stage(stream, "stage 1", self._stage1_batch)
+
+    async def _run_stage(self, stream, where: str, process) -> None:
+        """Take batches, process each, and only then ack it (its offsets may be committed)."""
         async for events in take_batches(stream, self.opts.batch_size, self.opts.batch_within):
             try:
-                await self._stage1_batch(events)
+                await process(events)
             except Exception as exc:
-                await self._fatal("stage 1", exc)
+                await self._fatal(where, exc)
             await ack_batch(stream, events)
 
     async def _stage1_batch(self, events) -> None:
@@ -423,12 +431,7 @@ class ChargecapStreams:
     # ------------------------------------------------------------------ stage 2
 
     async def _stage2(self, stream):
-        async for events in take_batches(stream, self.opts.batch_size, self.opts.batch_within):
-            try:
-                await self._stage2_batch(events)
-            except Exception as exc:
-                await self._fatal("stage 2", exc)
-            await ack_batch(stream, events)
+        await self._run_stage(stream, "stage 2", self._stage2_batch)
 
     async def _fatal(self, where: str, exc: BaseException) -> None:
         """A batch could not be completed (e.g. Kafka refused a write): stop the worker

@@ -8,7 +8,6 @@ unprocessed batch is acked, and the consumer's final commit skips it: those inpu
 lost (docs/reliability.md). Here only the caller acks (`ack_batch`), after the batch is
 durable.
 
-
 aiokafka's `send()` costs a coroutine, a future and an accumulator look-up per message;
 at stage 2's output rates that per-message overhead, not Kafka, was the limit
 (docs/performance.md). `send_batched` groups messages by (topic, partition), fills

@@ -1,8 +1,8 @@
 """Unit tests of streaming/batching.py (no broker): `send_batched` cuts record batches at
 the destination topic's limit (the broker applies max.message.bytes to a whole record
 batch, and a rejected batch stops the worker); `take_batches` leaves acknowledging to
-the caller, so an abandoned batch is never committed. The same code runs against the real broker in
-test_worker_e2e.py and tests/reliability."""
+the caller, so an abandoned batch is never committed. The same code runs against the
+real broker in test_worker_e2e.py and tests/reliability."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def test_the_producer_batch_size_still_caps_a_larger_topic_limit():
     msgs = [("t", 0, None, b"v" * 10_000, None) for _ in range(100)]
     asyncio.run(batching.send_batched(producer, msgs, {"t": 16 * 1024 * 1024}))
     assert max(_size(b) for *_, b in producer.batches) <= 200_000
+
+
 # ---------------------------------------------------------------------- take_batches
 
 
