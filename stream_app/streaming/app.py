@@ -46,6 +46,8 @@ from stream_app.config import (
 )
 from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
 from stream_app.streaming import codecs
+from stream_app.streaming.commits import OffsetAudit, StrictCommits
+from stream_app.streaming.seekguard import guard_seeks
 from stream_app.streaming.batching import (
     DEFAULT_BATCH_LIMIT,
     ack_batch,
@@ -281,6 +283,14 @@ class ChargecapStreams:
         self.engine = engine
         self.metrics = metrics
         self.app = app = build_faust_app(settings, opts)
+        # Rebalances must not lose input: seeks wait for the batch in hand, and a commit
+        # crosses only processed records or holes Kafka confirms (commits.py).
+        guard_seeks(app.consumer)
+        self.commits = StrictCommits(
+            app.consumer,
+            OffsetAudit(settings.bootstrap_servers, client_id=f"{settings.app_id}-audit",
+                        **settings.aiokafka_security_kwargs()),
+        ).install()
         make_producer_idempotent(app)
         self.input_names = tuple(settings.topic(t) for t in INPUT_TOPICS)
         self.origin_of = {name: i for i, name in enumerate(self.input_names)}

@@ -1,0 +1,214 @@
+"""Commit an input offset only past records this worker processed, or that Kafka says are
+not there.
+
+Faust commits the first unbroken run of acknowledged offsets, with two allowances: the
+offset right after the committed one may be missing (room for a transaction marker), and
+any offsets its fetch loop stepped over count as done ("gaps": transaction markers,
+compacted records). Both turn a record that was fetched but never processed into a
+record committed past, that is, lost. That happens in rebalances: while a worker
+recovers, its consumer fetches but the streams skip what arrives; the fetch loop's read
+position is then reset and moved again, and the skipped records are not handed on a
+second time. (Seen 1 run in 3-10 of the join/leave rebalance test on a broker with
+thousands of partitions; docs/reliability.md, "Findings".)
+
+So the commit here is strict: it walks the acknowledged offsets up from the committed
+one and stops at the first hole. A hole is not guessed at: `OffsetAudit` reads the
+partition from the hole on with a separate, group-less consumer. Offsets without a
+record (transaction markers, compacted records) are remembered as empty and the commit
+crosses them; a record that is there but was never acknowledged was missed, and the
+partition is re-read from it (the records after it come again: at-least-once, never
+loss).
+
+`next_commit` is the pure decision; `StrictCommits` wires it into a Faust consumer.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import defaultdict
+from typing import Awaitable, Callable, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+Hole = tuple[int, int]  # [start, end): offsets with no acknowledgement
+
+
+def next_commit(acked: Sequence[int], committed: Optional[int],
+                empty: Sequence[Hole]) -> tuple[Optional[int], Optional[Hole]]:
+    """From sorted acknowledged offsets, the committed offset (the next one to read,
+    Kafka's convention) and ranges known to hold no records: the new offset to commit
+    (None: nothing to commit) and the hole that stops it (None: no hole).
+
+    With nothing committed yet the first acknowledged offset is the start, as in Faust:
+    where a new group begins reading is its `auto_offset_reset`, not ours to second-guess.
+    """
+    if not acked:
+        return None, None
+    pos = acked[0] if committed is None else committed
+    start = pos
+    for offset in acked:
+        if offset < pos:
+            continue  # acknowledged again after a re-read
+        if offset > pos:
+            open_from = _first_unconfirmed(pos, offset, empty)
+            if open_from < offset:
+                return (pos if pos > start else None), (open_from, offset)
+        pos = offset + 1
+    return (pos if pos > start else None), None
+
+
+def _first_unconfirmed(lo: int, hi: int, empty: Sequence[Hole]) -> int:
+    """The first offset in [lo, hi) not inside a range known to hold no records (hi if
+    every one is)."""
+    for a, b in sorted(empty):
+        if a <= lo < b:
+            lo = b
+        if lo >= hi:
+            return hi
+    return lo
+
+
+def confirmed_empty(start: int, scanned_to: int, present: Sequence[int]) -> list[Hole]:
+    """The ranges in [start, scanned_to) holding none of the `present` record offsets."""
+    ranges: list[Hole] = []
+    pos = start
+    for offset in present:
+        if offset > pos:
+            ranges.append((pos, offset))
+        pos = max(pos, offset + 1)
+    if scanned_to > pos:
+        ranges.append((pos, scanned_to))
+    return ranges
+
+
+class StrictCommits:
+    """Replaces a Faust consumer's `_new_offset` (and switches off its gap tracking) with
+    `next_commit`. A hole is resolved by `audit(tp, start, stop)`, which returns the
+    record offsets Kafka holds in [start, stop) and how far it read (None: no answer):
+    every range without records is remembered as empty, so one audit clears all the
+    transaction markers up to `stop`; a record that is there but was never acknowledged
+    is read again with `consumer.seek`."""
+
+    RETRY_S = 2.0  # an unresolved hole is audited again at most this often
+
+    def __init__(self, consumer,
+                 audit: Callable[[object, int, int],
+                                 Awaitable[Optional[tuple[list[int], int]]]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.consumer = consumer
+        self.audit = audit
+        self.clock = clock
+        self.empty: dict[object, list[Hole]] = defaultdict(list)
+        self.auditing: dict[object, float] = {}  # tp -> when its audit started
+        self.tasks: set[asyncio.Task] = set()
+        self.rereads = 0
+        self.holes_confirmed = 0
+
+    def install(self) -> "StrictCommits":
+        self.consumer._new_offset = self.new_offset  # noqa: SLF001
+
+        async def _no_gaps(tp, offset_from, offset_to) -> None:
+            return None  # holes are audited, not assumed
+
+        self.consumer._add_gap = _no_gaps  # noqa: SLF001
+        return self
+
+    def new_offset(self, tp) -> Optional[int]:
+        c = self.consumer
+        acked = c._acked[tp]  # noqa: SLF001
+        if not acked:
+            return None
+        acked.sort()
+        committed = c._committed_offset[tp]  # noqa: SLF001
+        empty = self.empty[tp]
+        new, hole = next_commit(acked, committed, empty)
+        if hole is not None:
+            self._audit_later(tp, hole[0], acked[-1] + 1)
+        if new is None:
+            return None
+        k = bisect.bisect_left(acked, new)
+        c._acked_index[tp].difference_update(acked[:k])  # noqa: SLF001
+        del acked[:k]
+        empty[:] = [(a, b) for a, b in empty if b > new]
+        return new
+
+    def _audit_later(self, tp, start: int, stop: int) -> None:
+        now = self.clock()
+        started = self.auditing.get(tp)
+        if started is not None and now - started < self.RETRY_S:
+            return
+        self.auditing[tp] = now
+        try:
+            task = asyncio.get_running_loop().create_task(self._resolve(tp, start, stop))
+        except RuntimeError:  # no running loop: audited on the next commit
+            self.auditing.pop(tp, None)
+            return
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _resolve(self, tp, start: int, stop: int) -> None:
+        try:
+            answer = await self.audit(tp, start, stop)
+            if answer is None:
+                return
+            present, scanned_to = answer
+            self.empty[tp].extend(confirmed_empty(start, scanned_to, present))
+            acked = self.consumer._acked_index[tp]  # noqa: SLF001
+            committed = self.consumer._committed_offset[tp]  # noqa: SLF001
+            missed = [o for o in present
+                      if o not in acked and (committed is None or o >= committed)]
+            if not missed:
+                self.holes_confirmed += 1
+                return
+            if tp not in self.consumer.assignment():
+                return  # no longer ours; its new owner starts from the committed offset
+            self.rereads += 1
+            log.warning("re-reading %s[%d] from offset %d: %d record(s) there were fetched "
+                        "but never processed", tp.topic, tp.partition, missed[0], len(missed))
+            await self.consumer.seek(tp, missed[0])
+        except Exception as exc:  # noqa: BLE001 - the next commit tries again
+            log.warning("could not check offsets %d-%d of %s[%d] (%s); the commit waits",
+                        start, stop, tp.topic, tp.partition, type(exc).__name__)
+        finally:
+            self.auditing.pop(tp, None)
+
+
+class OffsetAudit:
+    """The record offsets Kafka holds in [start, stop) of a partition, read by a
+    short-lived, group-less aiokafka consumer (holes are rare, so nothing is kept
+    open between audits)."""
+
+    def __init__(self, bootstrap: str, isolation_level: str = "read_uncommitted",
+                 timeout_s: float = 5.0, max_records: int = 100_000,
+                 **client_kwargs) -> None:
+        self.bootstrap = bootstrap
+        self.isolation_level = isolation_level
+        self.timeout_s = timeout_s
+        self.max_records = max_records
+        self.client_kwargs = client_kwargs
+
+    async def __call__(self, tp, start: int, stop: int) -> Optional[tuple[list[int], int]]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level=self.isolation_level,
+            **self.client_kwargs)
+        await consumer.start()
+        try:
+            ktp = TopicPartition(tp.topic, tp.partition)
+            consumer.assign([ktp])
+            consumer.seek(ktp, start)
+            present: list[int] = []
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline and len(present) < self.max_records:
+                got = await consumer.getmany(ktp, timeout_ms=500)
+                present.extend(r.offset for r in got.get(ktp, ()) if r.offset < stop)
+                # the position passes markers and compacted offsets as well as records
+                if await consumer.position(ktp) >= stop:
+                    return present, stop
+            return None if not present else (present, present[-1] + 1)
+        finally:
+            await consumer.stop()

@@ -1,0 +1,98 @@
+"""SeekGuard on a stand-in consumer: seeks wait for the batch in hand, and a batch fetched
+before a seek is never handed on. (The end-to-end proof is the join/leave rebalance test in
+tests/reliability/test_faults.py against the real broker.)"""
+from __future__ import annotations
+
+import asyncio
+
+from stream_app.streaming.seekguard import guard_seeks
+
+
+class StandInConsumer:
+    """Just the surface SeekGuard wraps: `getmany` yields (tp, offset) from the current
+    position; `perform_seek`/`seek` move the position back."""
+
+    def __init__(self, records: int) -> None:
+        self.position = 0
+        self.records = records
+        self.log: list[str] = []
+        self.fetched = asyncio.Event()
+        self.release_fetch = asyncio.Event()
+        self.release_fetch.set()
+
+    async def getmany(self, timeout: float):
+        start = self.position
+        batch = list(range(start, min(start + 3, self.records)))
+        self.position = start + len(batch)
+        self.fetched.set()
+        await self.release_fetch.wait()  # the fetch returns after this
+        for offset in batch:
+            yield "tp", offset
+
+    async def perform_seek(self) -> None:
+        self.log.append("seek")
+        self.position = 0
+
+    async def seek(self, partition, offset: int) -> None:
+        self.log.append(f"seek {offset}")
+        self.position = offset
+
+
+async def drain(consumer, delivered: list[int], per_record=None) -> None:
+    """Faust's fetch loop in miniature: one `getmany` batch after another."""
+    for _ in range(4):
+        async for _tp, offset in consumer.getmany(timeout=1.0):
+            delivered.append(offset)
+            consumer.log.append(f"deliver {offset}")
+            if per_record is not None:
+                await per_record(offset)
+
+
+async def test_a_seek_waits_for_the_batch_in_hand():
+    consumer = StandInConsumer(records=3)
+    guard_seeks(consumer)
+    delivered: list[int] = []
+    in_batch = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def per_record(offset):
+        if offset == 0:
+            in_batch.set()
+            await go_on.wait()  # the stream queue is full: the fetch loop blocks here
+
+    loop = asyncio.create_task(drain(consumer, delivered, per_record))
+    await in_batch.wait()
+    seek = asyncio.create_task(consumer.seek("tp", 1))
+    await asyncio.sleep(0.01)
+    assert not seek.done(), "a seek must not land while a batch is half handed on"
+    go_on.set()
+    await seek
+    await loop
+    # the whole first batch went out before the seek; then the position was rewound
+    assert consumer.log[:4] == ["deliver 0", "deliver 1", "deliver 2", "seek 1"]
+
+
+async def test_a_batch_fetched_before_a_seek_is_discarded():
+    consumer = StandInConsumer(records=3)
+    guard = guard_seeks(consumer)
+    consumer.release_fetch.clear()
+    delivered: list[int] = []
+    loop = asyncio.create_task(drain(consumer, delivered))
+    await consumer.fetched.wait()  # records 0-2 fetched, not yet handed on
+    await consumer.perform_seek()  # e.g. recovery seeks back to the committed offset
+    consumer.release_fetch.set()
+    await loop
+    assert guard.discarded_batches == 1
+    # nothing from the stale fetch; everything again from the seek position, once
+    assert delivered == [0, 1, 2]
+    assert consumer.log[0] == "seek"
+
+
+async def test_without_seeks_every_record_goes_out_once_in_order():
+    consumer = StandInConsumer(records=7)
+    guard = guard_seeks(consumer)
+    delivered: list[int] = []
+    await drain(consumer, delivered)
+    assert delivered == list(range(7))
+    assert guard.discarded_batches == 0
+    assert not guard.lock.locked()
