@@ -11,9 +11,10 @@ Traced in the join/leave rebalance test: a recovering worker reset partition off
 mid-batch, and the following batch began five offsets further on.
 
 The guard: a lock held by the fetch loop from the first record of a batch to the end of
-it, and taken by every seek of stream partitions; a batch fetched before a seek is
-discarded, unread, once the seek has happened (Kafka hands its records out again from the
-new position). Seeks wait at most one batch; the fetch loop waits at most one seek.
+it, and taken by every seek of stream partitions. Seeks wait at most one batch; the fetch
+loop waits at most one seek. (A batch fetched across a seek is still handed on: dropping
+it was tried, and lost records, because the consumer's position had already moved past
+them. commits.py notices the hole such a batch leaves and has the records read again.)
 Changelog seeks (`seek_wait`, table recovery) are left alone: recovery drains those
 records itself, so holding them behind the fetch loop could deadlock it.
 
@@ -36,8 +37,7 @@ class SeekGuard:
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
         self.lock = asyncio.Lock()
-        self.seeks = 0  # bumped by every seek; a batch remembers the count it began under
-        self.discarded_batches = 0
+        self.seeks = 0  # how many seeks went through (diagnostics)
         self._getmany = consumer.getmany
         self._perform_seek = consumer.perform_seek
         self._seek = consumer.seek
@@ -52,18 +52,12 @@ class SeekGuard:
         return self
 
     async def getmany(self, timeout: float):
-        seeks_at_fetch = self.seeks
         held = False
         try:
             async for tp, message in self._getmany(timeout=timeout):
                 if not held:
                     await self.lock.acquire()
                     held = True
-                    if self.seeks != seeks_at_fetch:
-                        # fetched before a seek: the consumer re-fetches from the new position
-                        self.discarded_batches += 1
-                        log.debug("discarded a batch fetched before a seek")
-                        return
                 yield tp, message
         finally:
             if held:
