@@ -46,14 +46,13 @@ from stream_app.config import (
 )
 from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
 from stream_app.streaming import codecs
-from stream_app.streaming.commits import OffsetAudit, StrictCommits
-from stream_app.streaming.seekguard import guard_seeks
 from stream_app.streaming.batching import (
     DEFAULT_BATCH_LIMIT,
     ack_batch,
     send_batched,
     take_batches,
 )
+from stream_app.streaming.commits import OffsetAudit, StrictCommits
 from stream_app.streaming.processor import (
     MARKER_PREFIX,
     Item,
@@ -64,6 +63,7 @@ from stream_app.streaming.processor import (
     patient_key,
     truncated_dead_letter,
 )
+from stream_app.streaming.seekguard import guard_seeks
 
 log = logging.getLogger(__name__)
 

@@ -28,15 +28,15 @@ import bisect
 import logging
 import time
 from collections import defaultdict
-from typing import Awaitable, Callable, Optional, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
 Hole = tuple[int, int]  # [start, end): offsets with no acknowledgement
 
 
-def next_commit(acked: Sequence[int], committed: Optional[int],
-                empty: Sequence[Hole]) -> tuple[Optional[int], Optional[Hole]]:
+def next_commit(acked: Sequence[int], committed: int | None,
+                empty: Sequence[Hole]) -> tuple[int | None, Hole | None]:
     """From sorted acknowledged offsets, the committed offset (the next one to read,
     Kafka's convention) and ranges known to hold no records: the new offset to commit
     (None: nothing to commit) and the hole that stops it (None: no hole).
@@ -95,7 +95,7 @@ class StrictCommits:
 
     def __init__(self, consumer,
                  audit: Callable[[object, int, int],
-                                 Awaitable[Optional[tuple[list[int], int]]]],
+                                 Awaitable[tuple[list[int], int] | None]],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.consumer = consumer
         self.audit = audit
@@ -106,7 +106,7 @@ class StrictCommits:
         self.rereads = 0
         self.holes_confirmed = 0
 
-    def install(self) -> "StrictCommits":
+    def install(self) -> StrictCommits:
         self.consumer._new_offset = self.new_offset  # noqa: SLF001
 
         async def _no_gaps(tp, offset_from, offset_to) -> None:
@@ -115,7 +115,7 @@ class StrictCommits:
         self.consumer._add_gap = _no_gaps  # noqa: SLF001
         return self
 
-    def new_offset(self, tp) -> Optional[int]:
+    def new_offset(self, tp) -> int | None:
         c = self.consumer
         acked = c._acked[tp]  # noqa: SLF001
         if not acked:
@@ -189,7 +189,7 @@ class OffsetAudit:
         self.max_records = max_records
         self.client_kwargs = client_kwargs
 
-    async def __call__(self, tp, start: int, stop: int) -> Optional[tuple[list[int], int]]:
+    async def __call__(self, tp, start: int, stop: int) -> tuple[list[int], int] | None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(

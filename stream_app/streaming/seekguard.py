@@ -42,7 +42,7 @@ class SeekGuard:
         self._perform_seek = consumer.perform_seek
         self._seek = consumer.seek
 
-    def install(self) -> "SeekGuard":
+    def install(self) -> SeekGuard:
         c = self.consumer
         # Instance attributes shadow the methods: Faust looks them up on `self` each call
         # (and the fetch loop binds `self.getmany` when it starts, after this runs).

@@ -1,5 +1,6 @@
-"""SeekGuard on a stand-in consumer: a seek never lands in the middle of a batch. (The end-to-end proof is the join/leave rebalance test in
-tests/reliability/test_faults.py against the real broker.)"""
+"""SeekGuard on a stand-in consumer: a seek never lands in the middle of a batch. (The
+end-to-end proof is the join/leave rebalance test in tests/reliability/test_faults.py
+against the real broker.)"""
 from __future__ import annotations
 
 import asyncio
