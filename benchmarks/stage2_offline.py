@@ -87,7 +87,7 @@ def run(values: list[bytes], batch: int, partitions: int, cache_size: int,
                 continue
             key = rec.patient_id.encode()
             p = codecs.partition_for(key, partitions)
-            groups[p][patient_key(rec.patient_id)].append(Item(rec, 0, now, raw, {}))
+            groups[p][patient_key(rec.patient_id)].append(Item(rec, 0, now, raw))
         batch_us = stage2.batch_us()
         out: list = []
         for p, g in groups.items():

@@ -45,7 +45,7 @@ from stream_app.config import (
     faust_broker_url,
 )
 from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
-from stream_app.streaming import codecs
+from stream_app.streaming import codecs, fastpath
 from stream_app.streaming.batching import (
     DEFAULT_BATCH_LIMIT,
     ack_batch,
@@ -75,7 +75,9 @@ class StreamOptions:
     """Worker tuning that is not part of contract.md §6 (flags in worker.py)."""
 
     partitions: int = 6  # repartition topic and table changelog
-    batch_size: int = 2000  # max messages per stage batch
+    # Under backlog a larger batch meets more of a patient's records at once, so fewer
+    # evaluations and state writes per event; idle, a batch closes after batch_within.
+    batch_size: int = 10000  # max messages per stage batch
     batch_within: float = 0.02  # seconds a stage waits to fill a batch
     session_timeout: float = 30.0
     heartbeat_interval: float = 3.0
@@ -83,7 +85,11 @@ class StreamOptions:
     producer_linger: float = 0.005
     max_request_size: int = 16 * 1024 * 1024
     max_batch_bytes: int = 4 * 1024 * 1024
-    stream_buffer_maxsize: int = 4096
+    # Faust pauses fetching a partition once its stream queue is 80 % full; with a queue
+    # smaller than a fetch the consumer spends its time paused and idle
+    # (docs/performance.md, "Session 4").
+    stream_buffer_maxsize: int = 20000
+    fetch_bytes: int = 4 * 1024 * 1024  # per partition and fetch
     lag_interval: float = 5.0
     commit_interval: float = 1.0
     replication_factor: int = 1  # internal topics; 3 on a production cluster
@@ -128,10 +134,12 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
         # Stage batches are produced as one record batch per topic-partition
         # (batching.send_batched); the batch size bounds how many messages one holds.
         producer_max_batch_size=opts.max_batch_bytes,
-        # Per-partition fetch buffers are resident memory under backlog; the broker still
-        # returns a larger first message whole (KIP-74), so one maximal message suffices.
-        consumer_max_fetch_size=settings.max_message_bytes + 64 * 1024,
-        stream_buffer_maxsize=opts.stream_buffer_maxsize,
+        # Per-partition fetch buffers are resident memory under backlog, but a fetch that
+        # holds only a few hundred messages leaves the consumer waiting on round trips
+        # (docs/performance.md); the broker returns a larger first message whole (KIP-74).
+        consumer_max_fetch_size=max(opts.fetch_bytes, settings.max_message_bytes + 64 * 1024),
+        # The queue must hold a full batch below Faust's pressure mark (80 %).
+        stream_buffer_maxsize=max(opts.stream_buffer_maxsize, 2 * opts.batch_size),
         consumer_auto_offset_reset="earliest",
     )
 
@@ -292,6 +300,7 @@ class ChargecapStreams:
                         **settings.aiokafka_security_kwargs()),
         ).install()
         make_producer_idempotent(app)
+        fastpath.install(app)
         self.input_names = tuple(settings.topic(t) for t in INPUT_TOPICS)
         self.origin_of = {name: i for i, name in enumerate(self.input_names)}
         self.lines_topic = settings.topic(TOPIC_CHARGE_LINES)
@@ -361,7 +370,10 @@ class ChargecapStreams:
         n_parts = self.opts.partitions
         repartition = self.repartition_name
         sends: list[tuple] = []  # dead letters: (topic, key, value, partition, headers, Output)
-        forwards: list[tuple] = []  # (topic, partition, key, value, headers)
+        # valid records per repartition partition: (origin, ts_ms, partition, offset, raw)
+        by_part: dict[int, list[tuple]] = defaultdict(list)
+        partition_for = codecs.partition_for
+        origin_of = self.origin_of.get
         consumed: dict[str, int] = defaultdict(int)
         for ev in events:
             msg = ev.message
@@ -385,15 +397,19 @@ class ChargecapStreams:
                 if metrics is not None:
                     metrics.dead_lettered(topic, rec.error_code)
                 continue
-            key = rec.patient_id.encode("utf-8")
             ts_ms = int((msg.timestamp or time.time()) * 1000)
-            forwards.append((repartition, codecs.partition_for(key, n_parts), key, value,
-                             codecs.record_headers(self.origin_of.get(topic, 0), ts_ms,
-                                                   msg.partition, msg.offset)))
+            by_part[partition_for(rec.patient_id.encode("utf-8"), n_parts)].append(
+                (origin_of(topic, 0), ts_ms, msg.partition, msg.offset, value))
         if metrics is not None:
             for topic, n in consumed.items():
                 metrics.consumed(topic, n)
-        await asyncio.gather(self._send_all(sends), send_batched(self._kafka(), forwards, self.batch_limits))
+        # One bundle per repartition partition: stage 2 then pays Faust's per-message cost
+        # once per bundle, not once per record (codecs.encode_bundle).
+        forwards = [(repartition, p, None, bundle, codecs.BUNDLE_HEADERS)
+                    for p, frames in sorted(by_part.items())
+                    for bundle in codecs.encode_bundle(frames)]
+        await asyncio.gather(self._send_all(sends),
+                             send_batched(self._kafka(), forwards, self.batch_limits))
 
     def _kafka(self):
         """The aiokafka producer under Faust's (batched sends go to it directly)."""
@@ -464,17 +480,25 @@ class ChargecapStreams:
             if p not in ctx:
                 ctx[p] = ev
             hs = codecs.parse_headers(msg.headers)
-            if hs.get(codecs.H_KIND) == codecs.TICK:
+            kind = hs.get(codecs.H_KIND)
+            if kind == codecs.TICK:
                 ticks.add(p)
                 continue
-            origin = int(hs.get(codecs.H_ORIGIN, b"0"))
-            value = msg.value or b""
-            rec = parse_record(value, default_tz=tz)
-            if isinstance(rec, DeadLetter):  # stage 1 accepted it; should not happen
-                outputs.append(self._dead_from_repartition(rec, value, hs, origin))
-                continue
-            ts = int(hs.get(codecs.H_TS, b"0")) / 1000.0
-            groups[p][patient_key(rec.patient_id)].append(Item(rec, origin, ts, value, hs))
+            if kind == codecs.BUNDLE:
+                frames = self._bundle_frames(msg.value or b"", outputs)
+            else:  # a single-record message of an earlier version
+                frames = ((int(hs.get(codecs.H_ORIGIN, b"0")), int(hs.get(codecs.H_TS, b"0")),
+                           int(hs.get(codecs.H_PART, b"-1")), int(hs.get(codecs.H_OFFSET, b"-1")),
+                           msg.value or b""),)
+            part_groups = groups[p]
+            for origin, ts_ms, src_part, src_offset, value in frames:
+                rec = parse_record(value, default_tz=tz)
+                if isinstance(rec, DeadLetter):  # stage 1 accepted it; should not happen
+                    outputs.append(self._dead_from_repartition(rec, value,
+                                                               (src_part, src_offset), origin))
+                    continue
+                part_groups[patient_key(rec.patient_id)].append(
+                    Item(rec, origin, ts_ms / 1000.0, value, (src_part, src_offset)))
 
         batch_us = self.stage2.batch_us()
         now = time.time()
@@ -527,7 +551,7 @@ class ChargecapStreams:
                           len(items), type(exc2).__name__)
                 for it in items:
                     dl = DeadLetter(PROCESSING_ERROR, f"engine error {type(exc2).__name__}", None)
-                    outputs.append(self._dead_from_repartition(dl, it.raw, it.headers,
+                    outputs.append(self._dead_from_repartition(dl, it.raw, it.source,
                                                                it.origin))
         if p in ticks:
             try:
@@ -535,15 +559,27 @@ class ChargecapStreams:
             except Exception as exc3:  # noqa: BLE001
                 log.error("timed work failed on partition %d (%s)", p, type(exc3).__name__)
 
-    def _dead_from_repartition(self, rec: DeadLetter, value: bytes, hs: dict,
+    def _bundle_frames(self, value: bytes, outputs: list[Output]) -> list[tuple]:
+        """The records of a bundle; a damaged bundle (never written by stage 1) keeps the
+        records before the damage and dead-letters the rest of its bytes."""
+        frames: list[tuple] = []
+        try:
+            for frame in codecs.iter_bundle(value):
+                frames.append(frame)
+        except ValueError as exc:
+            log.error("damaged bundle on the repartition topic (%s)", exc)
+            done = sum(codecs.FRAME_SIZE + len(f[4]) for f in frames)
+            dl = DeadLetter(PROCESSING_ERROR, "damaged repartition bundle", None)
+            outputs.append(self._dead_from_repartition(dl, value[done:], (-1, -1), -1))
+        return frames
+
+    def _dead_from_repartition(self, rec: DeadLetter, value: bytes, source: tuple[int, int],
                                origin: int) -> Output:
         topic = self.input_names[origin] if 0 <= origin < 3 else "unknown"
         if self.metrics is not None:
             self.metrics.dead_lettered(topic, rec.error_code)
-        return dead_letter_output(
-            rec, raw=value, topic=topic, partition=int(hs.get(codecs.H_PART, b"-1")),
-            offset=int(hs.get(codecs.H_OFFSET, b"-1")), key=None,
-        )
+        return dead_letter_output(rec, raw=value, topic=topic, partition=source[0],
+                                  offset=source[1], key=None)
 
     async def _produce(self, outputs: list[Output]) -> None:
         if not outputs:

@@ -69,7 +69,7 @@ class Item:
     origin: int  # index into the input topics
     ts: float  # input Kafka timestamp (s)
     raw: bytes = b""  # original value (for a dead letter if the engine fails on it)
-    headers: dict = field(default_factory=dict)
+    source: tuple[int, int] = (-1, -1)  # origin partition and offset (for that dead letter)
 
 
 @dataclass(slots=True)
