@@ -818,9 +818,16 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
                                       workdir, app_id, quiet)
             durations["latency"] = time.perf_counter() - t
             details["latency"] = lat
-            res["latency_p50_s"] = round(lat["p50_s"], 4)
-            res["latency_p99_s"] = round(lat["p99_s"], 4)
-            log(f"latency: p50 {lat['p50_s']:.3f} s, p99 {lat['p99_s']:.3f} s")
+            # Event to decision (the issue's figure): each input event's first decision.
+            # The per-output measure also charges an output re-emitted because of a
+            # *later* record of the patient with its older sources' age; kept alongside.
+            res["latency_p50_s"] = round(lat["event_p50_s"], 4)
+            res["latency_p99_s"] = round(lat["event_p99_s"], 4)
+            res["latency_output_p50_s"] = round(lat["p50_s"], 4)
+            res["latency_output_p99_s"] = round(lat["p99_s"], 4)
+            log(f"latency per event: p50 {lat['event_p50_s']:.3f} s, p99 "
+                f"{lat['event_p99_s']:.3f} s; per output p50 {lat['p50_s']:.3f} s, "
+                f"p99 {lat['p99_s']:.3f} s")
         if "memory" in args.phases:
             t = time.perf_counter()
             mem_msgs, days = memory_messages(args.open_days, messages)
@@ -868,8 +875,9 @@ def print_table(res: dict) -> None:
         ("parse_only_eps", "orjson.loads only (events/s)"),
         ("replay_eps", "replay, in-process (events/s)"),
         ("replay_ratio", "replay / parse-only (goal ≥ 0.25)"),
-        ("latency_p50_s", "input → decision, p50 at --rate (s)"),
-        ("latency_p99_s", "input → decision, p99 (goal ≤ 0.25 s)"),
+        ("latency_p50_s", "input event → its first decision, p50 at --rate (s)"),
+        ("latency_p99_s", "input event → its first decision, p99 (goal ≤ 0.25 s)"),
+        ("latency_output_p99_s", "output → its newest source event, p99 (s)"),
         ("bytes_per_open_patient_day", "RSS growth per open patient-day, RocksDB (goal ≤ 2048)"),
         ("bytes_per_open_patient_day_memory_store", "same with memory:// store"),
     ]
