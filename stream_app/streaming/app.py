@@ -75,9 +75,14 @@ class StreamOptions:
     """Worker tuning that is not part of contract.md §6 (flags in worker.py)."""
 
     partitions: int = 6  # repartition topic and table changelog
-    # Under backlog a larger batch meets more of a patient's records at once, so fewer
-    # evaluations and state writes per event; idle, a batch closes after batch_within.
-    batch_size: int = 10000  # max messages per stage batch
+    batch_size: int = 2000  # max messages per stage-1 batch
+    # Stage 2 reads bundles (one per repartition partition and stage-1 batch: ~330
+    # records each under backlog), so its batches and its stream queue are bounded in
+    # bundles, ~2,000 records per batch as before bundles. Larger batches and buffers
+    # (10k-20k messages, 4 MB fetches) were faster but cost 400-900 B of resident memory
+    # per open patient-day (docs/performance.md, "Session 5").
+    stage2_batch_bundles: int = 6
+    stage2_queue_bundles: int = 16
     batch_within: float = 0.02  # seconds a stage waits to fill a batch
     session_timeout: float = 30.0
     heartbeat_interval: float = 3.0
@@ -85,11 +90,7 @@ class StreamOptions:
     producer_linger: float = 0.005
     max_request_size: int = 16 * 1024 * 1024
     max_batch_bytes: int = 4 * 1024 * 1024
-    # Faust pauses fetching a partition once its stream queue is 80 % full; with a queue
-    # smaller than a fetch the consumer spends its time paused and idle
-    # (docs/performance.md, "Session 4").
-    stream_buffer_maxsize: int = 20000
-    fetch_bytes: int = 4 * 1024 * 1024  # per partition and fetch
+    stream_buffer_maxsize: int = 4096
     lag_interval: float = 5.0
     commit_interval: float = 1.0
     replication_factor: int = 1  # internal topics; 3 on a production cluster
@@ -134,12 +135,10 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
         # Stage batches are produced as one record batch per topic-partition
         # (batching.send_batched); the batch size bounds how many messages one holds.
         producer_max_batch_size=opts.max_batch_bytes,
-        # Per-partition fetch buffers are resident memory under backlog, but a fetch that
-        # holds only a few hundred messages leaves the consumer waiting on round trips
-        # (docs/performance.md); the broker returns a larger first message whole (KIP-74).
-        consumer_max_fetch_size=max(opts.fetch_bytes, settings.max_message_bytes + 64 * 1024),
-        # The queue must hold a full batch below Faust's pressure mark (80 %).
-        stream_buffer_maxsize=max(opts.stream_buffer_maxsize, 2 * opts.batch_size),
+        # Per-partition fetch buffers are resident memory under backlog; the broker still
+        # returns a larger first message whole (KIP-74), so one maximal message suffices.
+        consumer_max_fetch_size=settings.max_message_bytes + 64 * 1024,
+        stream_buffer_maxsize=opts.stream_buffer_maxsize,
         consumer_auto_offset_reset="earliest",
     )
 
@@ -317,7 +316,7 @@ class ChargecapStreams:
         self.input_topic = app.topic(*self.input_names, **raw)
         self.repartition = app.topic(
             self.repartition_name, partitions=opts.partitions, internal=True,
-            retention=7 * 86400.0, deleting=True, **raw,
+            retention=7 * 86400.0, deleting=True, maxsize=opts.stage2_queue_bundles, **raw,
         )
         self.table = app.Table(
             "patient-state", partitions=opts.partitions, key_type=bytes, value_type=bytes,
@@ -352,11 +351,11 @@ class ChargecapStreams:
     # ------------------------------------------------------------------ stage 1
 
     async def _stage1(self, stream):
-        await self._run_stage(stream, "stage 1", self._stage1_batch)
+        await self._run_stage(stream, "stage 1", self._stage1_batch, self.opts.batch_size)
 
-    async def _run_stage(self, stream, where: str, process) -> None:
+    async def _run_stage(self, stream, where: str, process, batch_size: int) -> None:
         """Take batches, process each, and only then ack it (its offsets may be committed)."""
-        async for events in take_batches(stream, self.opts.batch_size, self.opts.batch_within):
+        async for events in take_batches(stream, batch_size, self.opts.batch_within):
             try:
                 await process(events)
             except Exception as exc:
@@ -457,7 +456,8 @@ class ChargecapStreams:
     # ------------------------------------------------------------------ stage 2
 
     async def _stage2(self, stream):
-        await self._run_stage(stream, "stage 2", self._stage2_batch)
+        await self._run_stage(stream, "stage 2", self._stage2_batch,
+                              self.opts.stage2_batch_bundles)
 
     async def _fatal(self, where: str, exc: BaseException) -> None:
         """A batch could not be completed (e.g. Kafka refused a write): stop the worker

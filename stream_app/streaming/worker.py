@@ -23,7 +23,7 @@ log = logging.getLogger("stream_app.worker")
 # Worker tuning beyond contract.md §6: flag, env var, type, default, help.
 _TUNING = (
     ("partitions", "--partitions", int, 6, "partitions of the repartition topic / table"),
-    ("batch_size", "--batch-size", int, 10000, "max messages per processing batch"),
+    ("batch_size", "--batch-size", int, 2000, "max messages per processing batch"),
     ("batch_within", "--batch-within", float, 0.02, "seconds to wait to fill a batch"),
     ("session_timeout", "--session-timeout", float, 30.0, "Kafka consumer session timeout (s)"),
     ("heartbeat_interval", "--heartbeat-interval", float, 3.0, "consumer heartbeat (s)"),
