@@ -203,7 +203,6 @@ async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
         await admin.close()
 
 
-DEFAULT_DEAD_LETTER_LIMIT = DEFAULT_BATCH_LIMIT  # Kafka's default message.max.bytes
 RECORD_OVERHEAD = 4096  # key, headers and record framing around a dead letter's value
 
 
@@ -229,7 +228,7 @@ async def output_limits(settings: Settings) -> dict[str, int]:
         limits = {}
         for name in names:
             value = configs.get(name, {}).get("max.message.bytes", (None, 0))[0]
-            limits[name] = int(value) if value else DEFAULT_DEAD_LETTER_LIMIT
+            limits[name] = int(value) if value else DEFAULT_BATCH_LIMIT
         return limits
     finally:
         await admin.close()
@@ -307,7 +306,6 @@ class ChargecapStreams:
         self.dead_topic = settings.topic(TOPIC_DEAD_LETTERS)
         self.repartition_name = f"{settings.app_id}-patient-records"
         self.recovered = False
-        self.dead_letter_limit = DEFAULT_DEAD_LETTER_LIMIT  # set from the topic at start-up
         self.stopping = False
         self.stage2 = Stage2(engine, state_cls, metrics=metrics, input_topics=self.input_names)
 
@@ -338,7 +336,7 @@ class ChargecapStreams:
     def set_output_limits(self, limits: dict[str, int]) -> None:
         """Record batch limits per topic (send_batched's default covers a topic not
         listed); the internal topics are created with max_request_size."""
-        self.dead_letter_limit = limits.get(self.dead_topic, DEFAULT_DEAD_LETTER_LIMIT)
+        self.dead_letter_limit = limits.get(self.dead_topic, DEFAULT_BATCH_LIMIT)
         internal = self.opts.max_request_size
         self.batch_limits = {**limits, self.repartition_name: internal,
                              self.table.changelog_topic_name: internal}

@@ -53,9 +53,10 @@ async def take_batches(stream, max_size: int, within: float):
     caller acks each batch with `ack_batch` once it is durable. Faust's own acks come from
     a `finally` block, so a batch abandoned mid-way (worker stopping, agent cancelled)
     was acked, and committed, unprocessed. Shadowing the stream's `ack` with a no-op
-    leaves Faust's batching (timer, buffer, rebalance hand-off) as it is; skipped events
-    (flow stopped, stale generation) are still acked by Faust itself, through
-    `Event.ack`, as before."""
+    leaves Faust's batching (timer, buffer, rebalance hand-off) as it is. Events the
+    stream skips (flow stopped, stale generation) are not acked at all (`take_events`
+    turns the stream's own acks off); commits.py sees to it that their offsets are not
+    committed past."""
     async def _deferred(event) -> bool:
         return False
 

@@ -61,8 +61,8 @@ def next_commit(acked: Sequence[int], committed: int | None,
 
 def _first_unconfirmed(lo: int, hi: int, empty: Sequence[Hole]) -> int:
     """The first offset in [lo, hi) not inside a range known to hold no records (hi if
-    every one is)."""
-    for a, b in sorted(empty):
+    every one is); `empty` is sorted."""
+    for a, b in empty:
         if a <= lo < b:
             lo = b
         if lo >= hi:
@@ -140,11 +140,7 @@ class StrictCommits:
         if started is not None and now - started < self.RETRY_S:
             return
         self.auditing[tp] = now
-        try:
-            task = asyncio.get_running_loop().create_task(self._resolve(tp, start, stop))
-        except RuntimeError:  # no running loop: audited on the next commit
-            self.auditing.pop(tp, None)
-            return
+        task = asyncio.get_running_loop().create_task(self._resolve(tp, start, stop))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -154,7 +150,9 @@ class StrictCommits:
             if answer is None:
                 return
             present, scanned_to = answer
-            self.empty[tp].extend(confirmed_empty(start, scanned_to, present))
+            empty = self.empty[tp]
+            empty.extend(confirmed_empty(start, scanned_to, present))
+            empty.sort()
             acked = self.consumer._acked_index[tp]  # noqa: SLF001
             committed = self.consumer._committed_offset[tp]  # noqa: SLF001
             missed = [o for o in present

@@ -12,7 +12,8 @@ only block in four places: the conductor's subscription lock, the flow-control g
 When none of them can block *and* the flow is not suspended, the delivery completes without yielding, so
 `install()` awaits it directly; otherwise it takes Faust's own path unchanged. Everything
 else in the loop (read offsets, gap tracking for acks, commit-every, yielding to the event
-loop every 100 messages) is Faust's code, kept line for line.
+loop every 100 messages) is Faust's code, kept line for line; the gap tracking it calls is
+switched off by commits.py, which audits holes instead.
 
 Pinned to the faust-streaming version in requirements.lock: `install()` refuses any other
 version rather than patch code it has not been checked against.

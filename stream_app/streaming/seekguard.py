@@ -37,7 +37,6 @@ class SeekGuard:
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
         self.lock = asyncio.Lock()
-        self.seeks = 0  # how many seeks went through (diagnostics)
         self._getmany = consumer.getmany
         self._perform_seek = consumer.perform_seek
         self._seek = consumer.seek
@@ -65,12 +64,10 @@ class SeekGuard:
 
     async def perform_seek(self) -> None:
         async with self.lock:
-            self.seeks += 1
             return await self._perform_seek()
 
     async def seek(self, partition, offset: int) -> None:
         async with self.lock:
-            self.seeks += 1
             return await self._seek(partition, offset)
 
 
