@@ -7,6 +7,7 @@ Hot path. Never raises. Error messages name the field and the problem, never the
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from datetime import datetime
 
 import orjson
@@ -234,19 +235,21 @@ def _parse_drug(obj: dict) -> Drug:
         return _NO_DRUG
     if type(d) is not dict:
         raise _wrong("drug", "must be an object")
+    # Positional, in Drug's field order (checked by _check_field_order): keyword matching
+    # costs about as much as the validation. Each value is read in the order of the fields,
+    # which is also the order in which a record with several bad fields reports the first.
     return Drug(
-        name=_opt_str(d, "name", "drug.name", MAX_TEXT_CHARS),
-        ndc=_opt_str(d, "ndc", "drug.ndc", MAX_ID_CHARS),
-        hcpcs=_opt_upper(d, "hcpcs", "drug.hcpcs"),
-        dose=_opt_number(d, "dose", "drug.dose", allow_zero=False),
-        dose_unit=_opt_enum(d, "dose_unit", "drug.dose_unit", _DOSE_UNITS,
-                            "mg, mcg, g, mL, units"),
-        category=_opt_enum(d, "category", "drug.category", _CATEGORIES,
-                           "the drug categories of the contract") or "therapeutic",
-        container=_opt_enum(d, "container", "drug.container", _CONTAINERS,
-                            "single_dose, multi_dose, unknown") or "unknown",
-        wasted_amount=_opt_number(d, "wasted_amount", "drug.wasted_amount", allow_zero=True),
-        lot_number=_opt_str(d, "lot_number", "drug.lot_number", MAX_ID_CHARS),
+        _opt_str(d, "name", "drug.name", MAX_TEXT_CHARS),
+        _opt_str(d, "ndc", "drug.ndc", MAX_ID_CHARS),
+        _opt_upper(d, "hcpcs", "drug.hcpcs"),
+        _opt_number(d, "dose", "drug.dose", allow_zero=False),
+        _opt_enum(d, "dose_unit", "drug.dose_unit", _DOSE_UNITS, "mg, mcg, g, mL, units"),
+        _opt_enum(d, "category", "drug.category", _CATEGORIES,
+                  "the drug categories of the contract") or "therapeutic",
+        _opt_enum(d, "container", "drug.container", _CONTAINERS,
+                  "single_dose, multi_dose, unknown") or "unknown",
+        _opt_number(d, "wasted_amount", "drug.wasted_amount", allow_zero=True),
+        _opt_str(d, "lot_number", "drug.lot_number", MAX_ID_CHARS),
     )
 
 
@@ -272,23 +275,23 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
     tz = _opt_str(obj, "facility_timezone", "facility_timezone", MAX_ID_CHARS)
     if tz is None:
         tz = default_tz
-        if normalise.zone(tz) is None:
+        zi = normalise.zone(tz)
+        if zi is None:
             raise _wrong("facility_timezone",
                          "is absent and the configured default time zone is unknown")
-    elif normalise.zone(tz) is None:
-        raise _wrong("facility_timezone", "must be a known IANA time zone name")
-    common = {
-        "event_id": event_id,
-        "record_id": record_id,
-        "patient_id": patient_id,
-        "occurred_at": occurred_at,
-        "recorded_at": recorded_at,
-        "service_date": normalise.service_date(occurred_at, tz),
-        "timezone": tz,
-        "status": status,
-        "encounter_id": encounter_id,
-    }
+    else:
+        zi = normalise.zone(tz)
+        if zi is None:
+            raise _wrong("facility_timezone", "must be a known IANA time zone name")
+    # normalise.service_date(occurred_at, tz) without its cache: occurred_at is always
+    # aware here and tz a known zone, and timestamps rarely repeat, so the cache's hashing
+    # of an aware datetime cost more than the conversion it saved.
+    service_date = occurred_at.astimezone(zi).date()
 
+    # The records are built positionally, in their dataclass field order (checked by
+    # _check_field_order at import): keyword matching over ~20 fields cost more than the
+    # validation of them. Arguments are evaluated left to right, so the field checks run
+    # in the same order as before and a record with several bad fields reports the same one.
     if event_type == ADMINISTRATION:
         ended_at = _opt_timestamp(obj, "ended_at")
         if ended_at is not None and ended_at < occurred_at:
@@ -297,24 +300,23 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
         if route is not None and normalise.normalize_route(route) is None:
             raise _wrong("route", "is not a recognised route of administration")
         return Administration(
-            **common,
-            ended_at=ended_at,
-            place_of_service=_opt_pos(obj, "place_of_service"),
-            payer_class=_opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
-                                  "medicare, medicaid, commercial, workers_comp, self_pay"),
-            route=route,
-            site=_opt_str(obj, "site", "site", MAX_TEXT_CHARS),
-            drug=_parse_drug(obj),
-            performer_id=_opt_str(obj, "performer_id", "performer_id", MAX_ID_CHARS),
-            performer_credential=_opt_upper(obj, "performer_credential",
-                                            "performer_credential"),
-            rendering_npi=_opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
-            supervising_npi=_opt_str(obj, "supervising_npi", "supervising_npi",
-                                     MAX_ID_CHARS),
-            order_id=_opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
-            diagnosis_codes=_opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
-            charge_code=_opt_upper(obj, "charge_code", "charge_code"),
-            charge_modifiers=_opt_codes(obj, "charge_modifiers", "charge_modifiers") or (),
+            event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
+            status, encounter_id,
+            ended_at,
+            _opt_pos(obj, "place_of_service"),
+            _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
+                      "medicare, medicaid, commercial, workers_comp, self_pay"),
+            route,
+            _opt_str(obj, "site", "site", MAX_TEXT_CHARS),
+            _parse_drug(obj),
+            _opt_str(obj, "performer_id", "performer_id", MAX_ID_CHARS),
+            _opt_upper(obj, "performer_credential", "performer_credential"),
+            _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
+            _opt_str(obj, "supervising_npi", "supervising_npi", MAX_ID_CHARS),
+            _opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
+            _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
+            _opt_upper(obj, "charge_code", "charge_code"),
+            _opt_codes(obj, "charge_modifiers", "charge_modifiers") or (),
         )
 
     if event_type == EM_SERVICE:
@@ -324,27 +326,59 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
         elif type(separately) is not bool:
             raise _wrong("separately_identifiable", "must be true or false")
         return EMService(
-            **common,
-            code=_opt_upper(obj, "code", "code"),
-            modifiers=_opt_codes(obj, "modifiers", "modifiers") or (),
-            separately_identifiable=separately,
-            place_of_service=_opt_pos(obj, "place_of_service"),
-            payer_class=_opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
-                                  "medicare, medicaid, commercial, workers_comp, self_pay"),
-            rendering_npi=_opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
-            diagnosis_codes=_opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
+            event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
+            status, encounter_id,
+            _opt_upper(obj, "code", "code"),
+            _opt_codes(obj, "modifiers", "modifiers") or (),
+            separately,
+            _opt_pos(obj, "place_of_service"),
+            _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
+                      "medicare, medicaid, commercial, workers_comp, self_pay"),
+            _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
+            _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
         )
 
     return Dispense(
-        **common,
-        ndc=_opt_str(obj, "ndc", "ndc", MAX_ID_CHARS),
-        drug_name=_opt_str(obj, "drug_name", "drug_name", MAX_TEXT_CHARS),
-        order_id=_opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
-        quantity=_opt_number(obj, "quantity", "quantity", allow_zero=False),
-        quantity_unit=_opt_enum(obj, "quantity_unit", "quantity_unit", _QUANTITY_UNITS,
-                                "UN, ML, GR, ME, F2", lower=False),
-        lot_number=_opt_str(obj, "lot_number", "lot_number", MAX_ID_CHARS),
+        event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
+        status, encounter_id,
+        _opt_str(obj, "ndc", "ndc", MAX_ID_CHARS),
+        _opt_str(obj, "drug_name", "drug_name", MAX_TEXT_CHARS),
+        _opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
+        _opt_number(obj, "quantity", "quantity", allow_zero=False),
+        _opt_enum(obj, "quantity_unit", "quantity_unit", _QUANTITY_UNITS,
+                  "UN, ML, GR, ME, F2", lower=False),
+        _opt_str(obj, "lot_number", "lot_number", MAX_ID_CHARS),
     )
+
+
+_COMMON_FIELDS = ("event_id", "record_id", "patient_id", "occurred_at", "recorded_at",
+                  "service_date", "timezone", "status", "encounter_id")
+_FIELD_ORDER = {
+    Drug: ("name", "ndc", "hcpcs", "dose", "dose_unit", "category", "container",
+           "wasted_amount", "lot_number"),
+    Administration: _COMMON_FIELDS + (
+        "ended_at", "place_of_service", "payer_class", "route", "site", "drug",
+        "performer_id", "performer_credential", "rendering_npi", "supervising_npi",
+        "order_id", "diagnosis_codes", "charge_code", "charge_modifiers"),
+    EMService: _COMMON_FIELDS + (
+        "code", "modifiers", "separately_identifiable", "place_of_service", "payer_class",
+        "rendering_npi", "diagnosis_codes"),
+    Dispense: _COMMON_FIELDS + (
+        "ndc", "drug_name", "order_id", "quantity", "quantity_unit", "lot_number"),
+}
+
+
+def _check_field_order() -> None:
+    """The positional constructor calls above rely on this field order: fail at import,
+    not with shifted values, if records.py changes it."""
+    for cls, expected in _FIELD_ORDER.items():
+        actual = tuple(f.name for f in fields(cls))
+        if actual != expected:
+            raise RuntimeError(f"{cls.__name__} fields changed: update _parse.py "
+                               f"(expected {expected}, found {actual})")
+
+
+_check_field_order()
 
 
 _EVENT_TYPES = frozenset((ADMINISTRATION, EM_SERVICE, DISPENSE))
