@@ -300,7 +300,7 @@ def _parse_drug(obj: dict) -> Drug:
     # Positional, in Drug's field order (checked by _check_field_order): keyword matching
     # costs about as much as the validation. Each value is read in the order of the fields,
     # which is also the order in which a record with several bad fields reports the first.
-    return Drug(
+    return _new_drug(
         _opt_str(d, "name", "drug.name", MAX_TEXT_CHARS),
         _opt_str(d, "ndc", "drug.ndc", MAX_ID_CHARS),
         _opt_upper(d, "hcpcs", "drug.hcpcs"),
@@ -361,7 +361,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
         route = _opt_str(obj, "route", "route", MAX_ID_CHARS)
         if route is not None and normalise.normalize_route(route) is None:
             raise _wrong("route", "is not a recognised route of administration")
-        return Administration(
+        return _new_administration(
             event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
             status, encounter_id,
             ended_at,
@@ -387,7 +387,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             separately = False
         elif type(separately) is not bool:
             raise _wrong("separately_identifiable", "must be true or false")
-        return EMService(
+        return _new_em_service(
             event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
             status, encounter_id,
             _opt_upper(obj, "code", "code"),
@@ -400,7 +400,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
         )
 
-    return Dispense(
+    return _new_dispense(
         event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
         status, encounter_id,
         _opt_str(obj, "ndc", "ndc", MAX_ID_CHARS),
@@ -441,6 +441,34 @@ def _check_field_order() -> None:
 
 
 _check_field_order()
+
+
+def _constructor(cls):
+    """A function equal to `cls(*values)` (all fields, in order) for a frozen slots dataclass.
+
+    The generated __init__ of a frozen dataclass assigns each field through
+    object.__setattr__, ~25 calls for an Administration; setting the slots directly is the
+    same assignment without the frozen-check detour. Only valid while the class has no
+    __post_init__ (or other init-time work): checked here, else the class itself is used.
+    """
+    if hasattr(cls, "__post_init__") or any(f.init is False for f in fields(cls)):
+        return cls
+    setters = tuple(getattr(cls, f.name).__set__ for f in fields(cls))
+    new = object.__new__
+
+    def make(*values):
+        record = new(cls)
+        for set_field, value in zip(setters, values, strict=True):
+            set_field(record, value)
+        return record
+
+    return make
+
+
+_new_drug = _constructor(Drug)
+_new_administration = _constructor(Administration)
+_new_em_service = _constructor(EMService)
+_new_dispense = _constructor(Dispense)
 
 
 _EVENT_TYPES = frozenset((ADMINISTRATION, EM_SERVICE, DISPENSE))
