@@ -115,7 +115,7 @@ def _opt_str(obj: dict, key: str, path: str, limit: int) -> str | None:
 def _req_str(obj: dict, key: str, limit: int) -> str:
     v = obj.get(key)
     if type(v) is not str:
-        _not_str(v, key)
+        _not_str(v, key)  # raises for the wrong type; absent is missing
         raise _missing(key)
     v = v.strip()
     if len(v) > limit:
@@ -350,10 +350,11 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
     # of an aware datetime cost more than the conversion it saved.
     service_date = occurred_at.astimezone(zi).date()
 
-    # The records are built positionally, in their dataclass field order (checked by
-    # _check_field_order at import): keyword matching over ~20 fields cost more than the
-    # validation of them. Arguments are evaluated left to right, so the field checks run
-    # in the same order as before and a record with several bad fields reports the same one.
+    # The records are built positionally (_new_*: see _constructor), in their dataclass
+    # field order (checked by _check_field_order at import): keyword matching over ~20
+    # fields cost more than the validation of them. Arguments are evaluated left to right,
+    # so the field checks run in the same order as before and a record with several bad
+    # fields reports the same one.
     if event_type == ADMINISTRATION:
         ended_at = _opt_timestamp(obj, "ended_at")
         if ended_at is not None and ended_at < occurred_at:
