@@ -7,6 +7,7 @@ Hot path. Never raises. Error messages name the field and the problem, never the
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from datetime import datetime
 
 import orjson
@@ -58,6 +59,11 @@ _ENUM_SEPARATORS = str.maketrans({" ": "_", "-": "_"})
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
+# The common shapes of _RFC3339, which fromisoformat takes as they are.
+_PLAIN_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:Z|[+-]\d{2}:\d{2})", re.ASCII).fullmatch
+_fromisoformat = datetime.fromisoformat
+
 _UTF8_BOM = b"\xef\xbb\xbf"
 _NO_DRUG = Drug()  # frozen: one shared instance for records without a drug object
 
@@ -79,34 +85,65 @@ def _wrong(path: str, what: str) -> _Reject:
 
 # --- field readers -----------------------------------------------------------------------
 
-def _opt_str(obj: dict, key: str, path: str, limit: int) -> str | None:
-    v = obj.get(key)
+# Every field is read through one of these, ~17 per record, so they are written for the
+# common case (the value is present and a string) and each does its own dict lookup and
+# trimming rather than calling _opt_str: a Python call per field was a large share of the
+# parse time. The values and errors are those of _opt_str followed by the reader's check.
+
+def _not_str(v: object, path: str) -> None:
+    """The value of a string field that is not a string: absent (None) or the wrong type."""
     if v is None:
         return None
+    raise _wrong(path, "must be a string")
+
+
+def _too_long(path: str, limit: int) -> _Reject:
+    return _wrong(path, f"is longer than {limit} characters")
+
+
+def _opt_str(obj: dict, key: str, path: str, limit: int) -> str | None:
+    """The trimmed string, None when absent or empty."""
+    v = obj.get(key)
     if type(v) is not str:
-        raise _wrong(path, "must be a string")
+        return _not_str(v, path)
     v = v.strip()
     if len(v) > limit:
-        raise _wrong(path, f"is longer than {limit} characters")
+        raise _too_long(path, limit)
     return v or None
 
 
 def _req_str(obj: dict, key: str, limit: int) -> str:
-    v = _opt_str(obj, key, key, limit)
-    if v is None:
+    v = obj.get(key)
+    if type(v) is not str:
+        _not_str(v, key)  # raises for the wrong type; absent is missing
+        raise _missing(key)
+    v = v.strip()
+    if len(v) > limit:
+        raise _too_long(key, limit)
+    if not v:
         raise _missing(key)
     return v
 
 
 def _opt_upper(obj: dict, key: str, path: str) -> str | None:
-    v = _opt_str(obj, key, path, MAX_ID_CHARS)
-    return v.upper() if v is not None else None
+    v = obj.get(key)
+    if type(v) is not str:
+        return _not_str(v, path)
+    v = v.strip()
+    if len(v) > MAX_ID_CHARS:
+        raise _too_long(path, MAX_ID_CHARS)
+    return v.upper() if v else None
 
 
 def _opt_enum(obj: dict, key: str, path: str, allowed: dict[str, str], what: str,
               *, lower: bool = True) -> str | None:
-    v = _opt_str(obj, key, path, MAX_ID_CHARS)
-    if v is None:
+    v = obj.get(key)
+    if type(v) is not str:
+        return _not_str(v, path)
+    v = v.strip()
+    if len(v) > MAX_ID_CHARS:
+        raise _too_long(path, MAX_ID_CHARS)
+    if not v:
         return None
     canonical = allowed.get(v)
     if canonical is None:
@@ -152,19 +189,45 @@ def _opt_codes(obj: dict, key: str, path: str) -> tuple[str, ...] | None:
 
 
 def _opt_pos(obj: dict, key: str) -> str | None:
-    v = _opt_str(obj, key, key, MAX_ID_CHARS)
-    if v is not None and v not in _POS:
+    v = obj.get(key)
+    if type(v) is not str:
+        return _not_str(v, key)
+    v = v.strip()
+    if len(v) > MAX_ID_CHARS:
+        raise _too_long(key, MAX_ID_CHARS)
+    if not v:
+        return None
+    if v not in _POS:
         raise _wrong(key, "must be a two-digit place-of-service code")
     return v
 
 
 def _opt_timestamp(obj: dict, key: str) -> datetime | None:
     v = obj.get(key)
-    if v is None:
-        return None
     if type(v) is not str:
+        if v is None:
+            return None
         raise _wrong(key, "must be an RFC 3339 timestamp string")
-    v = v.strip()
+    # Fast path for the two shapes producers send, "YYYY-MM-DDTHH:MM:SS+HH:MM" and
+    # "YYYY-MM-DDTHH:MM:SSZ": a subset of _RFC3339 that needs no rewriting before
+    # fromisoformat (no padding, fraction, `t`, `z` or space), so its result is the general
+    # path's, without the second regex's group and rewrite checks. Anything else, including
+    # a value fromisoformat or the year range rejects, takes the general path, which owns
+    # the errors. (A cheaper separator-only check plus fromisoformat is NOT equivalent:
+    # fromisoformat accepts e.g. "2100-12-31T23:Z\x00:59-00:00".)
+    if _PLAIN_TIMESTAMP(v) is not None:
+        try:
+            dt = _fromisoformat(v)
+        except ValueError:
+            pass
+        else:
+            if MIN_YEAR <= dt.year <= MAX_YEAR:
+                return dt
+    return _timestamp(v.strip(), key)
+
+
+def _timestamp(v: str, key: str) -> datetime | None:
+    """The general RFC 3339 reader for a trimmed string (None when empty)."""
     if not v:
         return None
     m = _RFC3339.fullmatch(v)
@@ -234,19 +297,21 @@ def _parse_drug(obj: dict) -> Drug:
         return _NO_DRUG
     if type(d) is not dict:
         raise _wrong("drug", "must be an object")
-    return Drug(
-        name=_opt_str(d, "name", "drug.name", MAX_TEXT_CHARS),
-        ndc=_opt_str(d, "ndc", "drug.ndc", MAX_ID_CHARS),
-        hcpcs=_opt_upper(d, "hcpcs", "drug.hcpcs"),
-        dose=_opt_number(d, "dose", "drug.dose", allow_zero=False),
-        dose_unit=_opt_enum(d, "dose_unit", "drug.dose_unit", _DOSE_UNITS,
-                            "mg, mcg, g, mL, units"),
-        category=_opt_enum(d, "category", "drug.category", _CATEGORIES,
-                           "the drug categories of the contract") or "therapeutic",
-        container=_opt_enum(d, "container", "drug.container", _CONTAINERS,
-                            "single_dose, multi_dose, unknown") or "unknown",
-        wasted_amount=_opt_number(d, "wasted_amount", "drug.wasted_amount", allow_zero=True),
-        lot_number=_opt_str(d, "lot_number", "drug.lot_number", MAX_ID_CHARS),
+    # Positional, in Drug's field order (checked by _check_field_order): keyword matching
+    # costs about as much as the validation. Each value is read in the order of the fields,
+    # which is also the order in which a record with several bad fields reports the first.
+    return _new_drug(
+        _opt_str(d, "name", "drug.name", MAX_TEXT_CHARS),
+        _opt_str(d, "ndc", "drug.ndc", MAX_ID_CHARS),
+        _opt_upper(d, "hcpcs", "drug.hcpcs"),
+        _opt_number(d, "dose", "drug.dose", allow_zero=False),
+        _opt_enum(d, "dose_unit", "drug.dose_unit", _DOSE_UNITS, "mg, mcg, g, mL, units"),
+        _opt_enum(d, "category", "drug.category", _CATEGORIES,
+                  "the drug categories of the contract") or "therapeutic",
+        _opt_enum(d, "container", "drug.container", _CONTAINERS,
+                  "single_dose, multi_dose, unknown") or "unknown",
+        _opt_number(d, "wasted_amount", "drug.wasted_amount", allow_zero=True),
+        _opt_str(d, "lot_number", "drug.lot_number", MAX_ID_CHARS),
     )
 
 
@@ -272,23 +337,24 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
     tz = _opt_str(obj, "facility_timezone", "facility_timezone", MAX_ID_CHARS)
     if tz is None:
         tz = default_tz
-        if normalise.zone(tz) is None:
+        zi = normalise.zone(tz)
+        if zi is None:
             raise _wrong("facility_timezone",
                          "is absent and the configured default time zone is unknown")
-    elif normalise.zone(tz) is None:
-        raise _wrong("facility_timezone", "must be a known IANA time zone name")
-    common = {
-        "event_id": event_id,
-        "record_id": record_id,
-        "patient_id": patient_id,
-        "occurred_at": occurred_at,
-        "recorded_at": recorded_at,
-        "service_date": normalise.service_date(occurred_at, tz),
-        "timezone": tz,
-        "status": status,
-        "encounter_id": encounter_id,
-    }
+    else:
+        zi = normalise.zone(tz)
+        if zi is None:
+            raise _wrong("facility_timezone", "must be a known IANA time zone name")
+    # normalise.service_date(occurred_at, tz) without its cache: occurred_at is always
+    # aware here and tz a known zone, and timestamps rarely repeat, so the cache's hashing
+    # of an aware datetime cost more than the conversion it saved.
+    service_date = occurred_at.astimezone(zi).date()
 
+    # The records are built positionally (_new_*: see _constructor), in their dataclass
+    # field order (checked by _check_field_order at import): keyword matching over ~20
+    # fields cost more than the validation of them. Arguments are evaluated left to right,
+    # so the field checks run in the same order as before and a record with several bad
+    # fields reports the same one.
     if event_type == ADMINISTRATION:
         ended_at = _opt_timestamp(obj, "ended_at")
         if ended_at is not None and ended_at < occurred_at:
@@ -296,25 +362,24 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
         route = _opt_str(obj, "route", "route", MAX_ID_CHARS)
         if route is not None and normalise.normalize_route(route) is None:
             raise _wrong("route", "is not a recognised route of administration")
-        return Administration(
-            **common,
-            ended_at=ended_at,
-            place_of_service=_opt_pos(obj, "place_of_service"),
-            payer_class=_opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
-                                  "medicare, medicaid, commercial, workers_comp, self_pay"),
-            route=route,
-            site=_opt_str(obj, "site", "site", MAX_TEXT_CHARS),
-            drug=_parse_drug(obj),
-            performer_id=_opt_str(obj, "performer_id", "performer_id", MAX_ID_CHARS),
-            performer_credential=_opt_upper(obj, "performer_credential",
-                                            "performer_credential"),
-            rendering_npi=_opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
-            supervising_npi=_opt_str(obj, "supervising_npi", "supervising_npi",
-                                     MAX_ID_CHARS),
-            order_id=_opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
-            diagnosis_codes=_opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
-            charge_code=_opt_upper(obj, "charge_code", "charge_code"),
-            charge_modifiers=_opt_codes(obj, "charge_modifiers", "charge_modifiers") or (),
+        return _new_administration(
+            event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
+            status, encounter_id,
+            ended_at,
+            _opt_pos(obj, "place_of_service"),
+            _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
+                      "medicare, medicaid, commercial, workers_comp, self_pay"),
+            route,
+            _opt_str(obj, "site", "site", MAX_TEXT_CHARS),
+            _parse_drug(obj),
+            _opt_str(obj, "performer_id", "performer_id", MAX_ID_CHARS),
+            _opt_upper(obj, "performer_credential", "performer_credential"),
+            _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
+            _opt_str(obj, "supervising_npi", "supervising_npi", MAX_ID_CHARS),
+            _opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
+            _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
+            _opt_upper(obj, "charge_code", "charge_code"),
+            _opt_codes(obj, "charge_modifiers", "charge_modifiers") or (),
         )
 
     if event_type == EM_SERVICE:
@@ -323,28 +388,90 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             separately = False
         elif type(separately) is not bool:
             raise _wrong("separately_identifiable", "must be true or false")
-        return EMService(
-            **common,
-            code=_opt_upper(obj, "code", "code"),
-            modifiers=_opt_codes(obj, "modifiers", "modifiers") or (),
-            separately_identifiable=separately,
-            place_of_service=_opt_pos(obj, "place_of_service"),
-            payer_class=_opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
-                                  "medicare, medicaid, commercial, workers_comp, self_pay"),
-            rendering_npi=_opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
-            diagnosis_codes=_opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
+        return _new_em_service(
+            event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
+            status, encounter_id,
+            _opt_upper(obj, "code", "code"),
+            _opt_codes(obj, "modifiers", "modifiers") or (),
+            separately,
+            _opt_pos(obj, "place_of_service"),
+            _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
+                      "medicare, medicaid, commercial, workers_comp, self_pay"),
+            _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
+            _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
         )
 
-    return Dispense(
-        **common,
-        ndc=_opt_str(obj, "ndc", "ndc", MAX_ID_CHARS),
-        drug_name=_opt_str(obj, "drug_name", "drug_name", MAX_TEXT_CHARS),
-        order_id=_opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
-        quantity=_opt_number(obj, "quantity", "quantity", allow_zero=False),
-        quantity_unit=_opt_enum(obj, "quantity_unit", "quantity_unit", _QUANTITY_UNITS,
-                                "UN, ML, GR, ME, F2", lower=False),
-        lot_number=_opt_str(obj, "lot_number", "lot_number", MAX_ID_CHARS),
+    return _new_dispense(
+        event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
+        status, encounter_id,
+        _opt_str(obj, "ndc", "ndc", MAX_ID_CHARS),
+        _opt_str(obj, "drug_name", "drug_name", MAX_TEXT_CHARS),
+        _opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
+        _opt_number(obj, "quantity", "quantity", allow_zero=False),
+        _opt_enum(obj, "quantity_unit", "quantity_unit", _QUANTITY_UNITS,
+                  "UN, ML, GR, ME, F2", lower=False),
+        _opt_str(obj, "lot_number", "lot_number", MAX_ID_CHARS),
     )
+
+
+_COMMON_FIELDS = ("event_id", "record_id", "patient_id", "occurred_at", "recorded_at",
+                  "service_date", "timezone", "status", "encounter_id")
+_FIELD_ORDER = {
+    Drug: ("name", "ndc", "hcpcs", "dose", "dose_unit", "category", "container",
+           "wasted_amount", "lot_number"),
+    Administration: _COMMON_FIELDS + (
+        "ended_at", "place_of_service", "payer_class", "route", "site", "drug",
+        "performer_id", "performer_credential", "rendering_npi", "supervising_npi",
+        "order_id", "diagnosis_codes", "charge_code", "charge_modifiers"),
+    EMService: _COMMON_FIELDS + (
+        "code", "modifiers", "separately_identifiable", "place_of_service", "payer_class",
+        "rendering_npi", "diagnosis_codes"),
+    Dispense: _COMMON_FIELDS + (
+        "ndc", "drug_name", "order_id", "quantity", "quantity_unit", "lot_number"),
+}
+
+
+def _check_field_order() -> None:
+    """The positional constructor calls above rely on this field order: fail at import,
+    not with shifted values, if records.py changes it."""
+    for cls, expected in _FIELD_ORDER.items():
+        actual = tuple(f.name for f in fields(cls))
+        if actual != expected:
+            raise RuntimeError(f"{cls.__name__} fields changed: update _parse.py "
+                               f"(expected {expected}, found {actual})")
+
+
+_check_field_order()
+
+
+def _constructor(cls):
+    """A function equal to `cls(*values)` (all fields, in order) for a frozen slots dataclass.
+
+    The generated __init__ of a frozen dataclass assigns each field through
+    object.__setattr__, ~25 calls for an Administration; setting the slots directly is the
+    same assignment without the frozen-check detour. Only valid while the class has no
+    __post_init__ (or other init-time work): checked here, else the class itself is used.
+    """
+    if hasattr(cls, "__post_init__") or any(f.init is False for f in fields(cls)):
+        return cls
+    setters = tuple(getattr(cls, f.name).__set__ for f in fields(cls))
+    new = object.__new__
+
+    def make(*values):
+        record = new(cls)
+        # Not zip(strict=True): that costs ~15 ns a field, and the call sites pass every
+        # field (their order and count are checked by _check_field_order).
+        for set_field, value in zip(setters, values):  # noqa: B905
+            set_field(record, value)
+        return record
+
+    return make
+
+
+_new_drug = _constructor(Drug)
+_new_administration = _constructor(Administration)
+_new_em_service = _constructor(EMService)
+_new_dispense = _constructor(Dispense)
 
 
 _EVENT_TYPES = frozenset((ADMINISTRATION, EM_SERVICE, DISPENSE))
