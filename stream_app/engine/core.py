@@ -177,20 +177,30 @@ class Engine:
     def _diff_day(self, state: PatientState, ds: DayState, view: DayView | None, rev_floor: int,
                   out: Outcome) -> None:
         final = ds.closed
-        desired: dict[str, tuple[str, dict]] = {}
+        emitted = ds.emitted
+        lines = alerts = {}
         if view is not None:
-            for key, ln in view.lines.items():
+            # Each wanted message is compared with the last one emitted as soon as it is
+            # rendered: emitting touches only its own key, so the order of decisions is
+            # that of first rendering all and then comparing, without the extra dict.
+            lines, alerts = view.lines, view.alerts
+            iso = view.day.isoformat()  # once per day, not once per message
+            pid = state.patient_id
+            for key, ln in lines.items():
                 if not ln.held:
-                    desired[key] = (LINE, self._render_line(state, view, ln, final))
-            for key, a in view.alerts.items():
-                desired[key] = (ALERT, self._render_alert(state, view, key, a, final))
-        for key, (kind, value) in desired.items():
-            em = ds.emitted.get(key)
-            if em is None or em.value != value:
-                self._emit(ds, key, kind, value, rev_floor, out)
-        for key, em in list(ds.emitted.items()):
-            if key in desired:
-                continue
+                    value = self._render_line(pid, iso, ln, final)
+                    em = emitted.get(key)
+                    if em is None or em.value != value:
+                        self._emit(ds, key, LINE, value, rev_floor, out)
+            for key, a in alerts.items():
+                value = self._render_alert(pid, iso, view, key, a, final)
+                em = emitted.get(key)
+                if em is None or em.value != value:
+                    self._emit(ds, key, ALERT, value, rev_floor, out)
+        for key, em in list(emitted.items()):
+            ln = lines.get(key)
+            if (ln is not None and not ln.held) or key in alerts:
+                continue  # still wanted: handled above
             last = em.value
             state_now = _REVERSE.get(last["state"], last["state"])
             if state_now != last["state"] or last["final"] != final:
@@ -204,27 +214,30 @@ class Engine:
         ds.emitted[key] = Emitted(rev, kind, value)
         out.decisions.append(Decision(kind, key, {**value, "revision": rev}))
 
-    def _render_line(self, state: PatientState, view: DayView, ln: Line, final: bool) -> dict:
+    def _render_line(self, patient_id: str, iso: str, ln: Line, final: bool) -> dict:
         rec = ln.record
+        warnings = ln.warnings
         risk = 1.0
-        for reason in ln.warnings:
+        for reason in warnings:
             risk *= 1.0 - self.rules.reason(reason).risk_weight
+        events = ln.source_event_ids
         return {
             "line_id": ln.key, "state": "active", "final": final,
-            "patient_id": state.patient_id, "encounter_id": rec.encounter_id,
-            "service_date": view.day.isoformat(), "place_of_service": rec.place_of_service,
+            "patient_id": patient_id, "encounter_id": rec.encounter_id,
+            "service_date": iso, "place_of_service": rec.place_of_service,
             "payer_class": rec.payer_class, "code": ln.code, "modifiers": ln.modifiers,
             "units": ln.units, "ndc": ln.ndc, "ndc_qualifier": "N4" if ln.ndc else None,
             "ndc_quantity": ln.ndc_quantity, "ndc_unit": ln.ndc_unit,
             "diagnosis_codes": list(rec.diagnosis_codes or ()),
             "rendering_npi": rec.rendering_npi,
-            "source_event_ids": sorted(ln.source_event_ids),
+            # most lines have one source event and no warning: skip sorting those
+            "source_event_ids": sorted(events) if len(events) > 1 else list(events),
             "expected_reimbursement": ln.expected,
             "denial_risk": round(1.0 - risk, 4),
-            "warnings": sorted(ln.warnings),
+            "warnings": sorted(warnings) if warnings else [],
         }
 
-    def _render_alert(self, state: PatientState, view: DayView, key: str, a: Alert,
+    def _render_alert(self, patient_id: str, iso: str, view: DayView, key: str, a: Alert,
                       final: bool) -> dict:
         info = self.rules.reason(a.reason_code)
         lines = [view.lines[k] for k in a.line_keys if k in view.lines]
@@ -236,8 +249,8 @@ class Engine:
             "reason_code": a.reason_code, "severity": a.severity or info.severity,
             "work_queue": info.work_queue, "message": a.message, "suggested_fix": a.suggested_fix,
             "predicted_denial": {"carc": info.carc, "rarc": info.rarc},
-            "patient_id": state.patient_id, "encounter_id": a.record.encounter_id,
-            "service_date": view.day.isoformat(), "payer_class": a.record.payer_class,
+            "patient_id": patient_id, "encounter_id": a.record.encounter_id,
+            "service_date": iso, "payer_class": a.record.payer_class,
             "code": a.code,
             "line_id": lines[0].key if lines else None,
             "revenue_at_risk": round(sum(ln.expected for ln in lines), 2),
