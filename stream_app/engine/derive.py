@@ -70,6 +70,13 @@ class Derivation:
                 raise RuleDataError(str(path), line, key, f"{key!r} must be {_describe(want)}")
         return cls(raw)
 
+    def __post_init__(self):
+        # Settings become plain instance attributes: the rules read them in their inner
+        # loops, and a normal attribute look-up skips the __getattr__ call below.
+        for name, value in self.raw.items():
+            if isinstance(name, str) and not hasattr(type(self), name):
+                object.__setattr__(self, name, value)
+
     def __getattr__(self, name: str):
         try:
             return self.raw[name]
@@ -124,10 +131,14 @@ def _key(*parts: str) -> str:
     return blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
+# Keys are memoised (bounded): every evaluation of a patient derives the same keys again,
+# and the hash costs more than the look-up.
+@lru_cache(maxsize=65536)
 def line_key(patient_id: str, day: date, event_type: str, record_id: str, role: str) -> str:
     return _key("line", patient_id, day.isoformat(), event_type, record_id, role)
 
 
+@lru_cache(maxsize=16384)
 def alert_key(patient_id: str, day: date, reason_code: str, subject: str) -> str:
     return _key("alert", patient_id, day.isoformat(), reason_code, subject)
 
@@ -186,6 +197,7 @@ class _AdminFacts:
     code: str | None = None  # the derived administration code
     no_code_reason: str | None = None
     lines: list[Line] = field(default_factory=list)
+    drug_billable: bool = False  # _drug_billable(), asked by both drug lines and checks
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -269,8 +281,10 @@ class Evaluator:
             day_facts = by_day.get(day, [])
             self._mark_duplicates(day_facts, alerts)
             self._code_administrations(patient_id, day, day_facts, alerts)
-            for f in day_facts:
-                self._record_checks(patient_id, day, f, alerts, settled(day), open_missing_ndc)
+            if day_facts:
+                day_settled = settled(day)
+                for f in day_facts:
+                    self._record_checks(patient_id, day, f, alerts, day_settled, open_missing_ndc)
             self._distinct_and_repeat_modifiers(day, day_facts)
             self._addon_without_primary(day, day_facts, alerts)
             self._em_lines(patient_id, day, day_facts, em_by_day.get(day, []), view, alerts)
@@ -295,7 +309,9 @@ class Evaluator:
             route = nz.resolve_iv(route, a.occurred_at, a.ended_at)
         ndc11 = _ndc11(a.drug.ndc) if a.drug.ndc else None
         name = (a.drug.name or "").strip().lower()
-        return _AdminFacts(a, route, ndc11, bool(a.drug.ndc) and ndc11 is None, ndc11 or name)
+        f = _AdminFacts(a, route, ndc11, bool(a.drug.ndc) and ndc11 is None, ndc11 or name)
+        f.drug_billable = self._drug_billable(f)
+        return f
 
     def _match_dispenses(self, facts: list[_AdminFacts], dispenses: list[Dispense]) -> None:
         """Dispense matching (contract.md §3): same order_id whatever the day; without one,
@@ -500,7 +516,7 @@ class Evaluator:
         """Drug supply line (billing-rules §6): HCPCS, units, NDC 11 with N4, quantity and
         unit; JZ, or a separate JW line for the wasted amount."""
         rec, drug = f.rec, f.rec.drug
-        if not self._drug_billable(f):
+        if not f.drug_billable:
             return
         ndc = f.ndc11 or next((n for n in (_ndc11(x.ndc) for x in f.dispenses if x.ndc) if n), None)
         hcpcs = drug.hcpcs or (self.rules.hcpcs_for_ndc(ndc, day) if ndc else None)
@@ -569,7 +585,7 @@ class Evaluator:
         self._supervision(rec, day, alerts, subject, code)
         self._facility_setting(rec, day, f, alerts, subject)
         self._proposed_modifiers(rec, alerts, subject, code)
-        if self._drug_billable(f):
+        if f.drug_billable:
             self._ndc_checks(patient_id, day, f, alerts, subject, settled, open_missing_ndc)
             self._drug_units_known(f, day, alerts, subject)
             self._waste_modifier(f, day, alerts, subject)
