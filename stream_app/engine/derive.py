@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
 from hashlib import blake2b
+from operator import attrgetter
 from pathlib import Path
 
 from stream_app.engine import normalise as nz
@@ -143,8 +144,8 @@ def alert_key(patient_id: str, day: date, reason_code: str, subject: str) -> str
     return _key("alert", patient_id, day.isoformat(), reason_code, subject)
 
 
-def _order(rec) -> tuple:
-    return (rec.occurred_at, rec.record_id)
+# Sort key (occurred_at, record_id); attrgetter builds the same tuple without a Python call.
+_order = attrgetter("occurred_at", "record_id")
 
 
 @dataclass(slots=True)
@@ -316,6 +317,8 @@ class Evaluator:
     def _match_dispenses(self, facts: list[_AdminFacts], dispenses: list[Dispense]) -> None:
         """Dispense matching (contract.md §3): same order_id whatever the day; without one,
         same service date and NDC 11 (else drug name), earliest unmatched administration."""
+        if not dispenses:
+            return  # the common case: nothing to match
         by_order: dict[str, list[_AdminFacts]] = {}
         for f in facts:
             if f.rec.order_id:
