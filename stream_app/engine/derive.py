@@ -132,14 +132,14 @@ def _key(*parts: str) -> str:
     return blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
-# Keys are memoised (bounded): every evaluation of a patient derives the same keys again,
-# and the hash costs more than the look-up.
-@lru_cache(maxsize=65536)
+# Keys are memoised (bounded, about 2 MB): every evaluation of a patient derives the same
+# keys again, and the hash costs more than the look-up.
+@lru_cache(maxsize=8192)
 def line_key(patient_id: str, day: date, event_type: str, record_id: str, role: str) -> str:
     return _key("line", patient_id, day.isoformat(), event_type, record_id, role)
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=2048)
 def alert_key(patient_id: str, day: date, reason_code: str, subject: str) -> str:
     return _key("alert", patient_id, day.isoformat(), reason_code, subject)
 
