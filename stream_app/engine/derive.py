@@ -527,9 +527,11 @@ class Evaluator:
             return
         unit = self.rules.billing_unit(hcpcs, day)
         units = self._drug_units(drug.dose, drug.dose_unit, unit) or 1
-        events = (rec.event_id,) + tuple(x.event_id for x in f.dispenses)
+        # Most administrations have no matched dispense: skip the generators for those.
+        dispenses = f.dispenses
+        events = (rec.event_id,) + tuple(x.event_id for x in dispenses) if dispenses else (rec.event_id,)
         qty, qty_unit = None, None
-        disp = next((x for x in f.dispenses if x.quantity and x.quantity_unit), None)
+        disp = next((x for x in dispenses if x.quantity and x.quantity_unit), None) if dispenses else None
         if disp is not None:
             qty, qty_unit = disp.quantity, disp.quantity_unit
         elif drug.dose is not None and drug.dose_unit in self.d.ndc_unit_from_dose:
