@@ -19,6 +19,7 @@ from stream_app.engine.ruledata import RuleSet
 from stream_app.engine.state import DayState, Emitted, PatientState
 
 _REVERSE = {"active": "void", "open": "resolved"}
+_LINE_FIELDS = 21  # keys in a rendered line (Engine._render_line); _line_unchanged checks it
 
 
 @lru_cache(maxsize=8192)
@@ -177,20 +178,36 @@ class Engine:
     def _diff_day(self, state: PatientState, ds: DayState, view: DayView | None, rev_floor: int,
                   out: Outcome) -> None:
         final = ds.closed
-        desired: dict[str, tuple[str, dict]] = {}
+        emitted = ds.emitted
+        lines = alerts = {}
+        wanted = 0  # keys wanted now (each is in `emitted` once compared below)
         if view is not None:
-            for key, ln in view.lines.items():
-                if not ln.held:
-                    desired[key] = (LINE, self._render_line(state, view, ln, final))
-            for key, a in view.alerts.items():
-                desired[key] = (ALERT, self._render_alert(state, view, key, a, final))
-        for key, (kind, value) in desired.items():
-            em = ds.emitted.get(key)
-            if em is None or em.value != value:
-                self._emit(ds, key, kind, value, rev_floor, out)
-        for key, em in list(ds.emitted.items()):
-            if key in desired:
-                continue
+            # Each wanted message is compared with the last one emitted as soon as it is
+            # rendered: emitting touches only its own key, so the order of decisions is
+            # that of first rendering all and then comparing, without the extra dict.
+            lines, alerts = view.lines, view.alerts
+            iso = view.day.isoformat()  # once per day, not once per message
+            pid = state.patient_id
+            for key, ln in lines.items():
+                if ln.held:
+                    continue
+                wanted += 1
+                em = emitted.get(key)
+                if em is None or not self._line_unchanged(em.value, pid, iso, ln, final):
+                    self._emit(ds, key, LINE, self._render_line(pid, iso, ln, final),
+                               rev_floor, out)
+            for key, a in alerts.items():
+                value = self._render_alert(pid, iso, view, key, a, final)
+                em = emitted.get(key)
+                if em is None or em.value != value:
+                    self._emit(ds, key, ALERT, value, rev_floor, out)
+            wanted += len(alerts)
+        if len(emitted) == wanted:
+            return  # every key the day ever emitted is still wanted (all are emitted now)
+        for key, em in list(emitted.items()):
+            ln = lines.get(key)
+            if (ln is not None and not ln.held) or key in alerts:
+                continue  # still wanted: handled above
             last = em.value
             state_now = _REVERSE.get(last["state"], last["state"])
             if state_now != last["state"] or last["final"] != final:
@@ -204,27 +221,59 @@ class Engine:
         ds.emitted[key] = Emitted(rev, kind, value)
         out.decisions.append(Decision(kind, key, {**value, "revision": rev}))
 
-    def _render_line(self, state: PatientState, view: DayView, ln: Line, final: bool) -> dict:
+    def _render_line(self, patient_id: str, iso: str, ln: Line, final: bool) -> dict:
         rec = ln.record
-        risk = 1.0
-        for reason in ln.warnings:
-            risk *= 1.0 - self.rules.reason(reason).risk_weight
+        warnings = ln.warnings
+        events = ln.source_event_ids
         return {
             "line_id": ln.key, "state": "active", "final": final,
-            "patient_id": state.patient_id, "encounter_id": rec.encounter_id,
-            "service_date": view.day.isoformat(), "place_of_service": rec.place_of_service,
+            "patient_id": patient_id, "encounter_id": rec.encounter_id,
+            "service_date": iso, "place_of_service": rec.place_of_service,
             "payer_class": rec.payer_class, "code": ln.code, "modifiers": ln.modifiers,
             "units": ln.units, "ndc": ln.ndc, "ndc_qualifier": "N4" if ln.ndc else None,
             "ndc_quantity": ln.ndc_quantity, "ndc_unit": ln.ndc_unit,
             "diagnosis_codes": list(rec.diagnosis_codes or ()),
             "rendering_npi": rec.rendering_npi,
-            "source_event_ids": sorted(ln.source_event_ids),
+            # most lines have one source event and no warning: skip sorting those
+            "source_event_ids": sorted(events) if len(events) > 1 else list(events),
             "expected_reimbursement": ln.expected,
-            "denial_risk": round(1.0 - risk, 4),
-            "warnings": sorted(ln.warnings),
+            "denial_risk": self._denial_risk(warnings),
+            "warnings": sorted(warnings) if warnings else [],
         }
 
-    def _render_alert(self, state: PatientState, view: DayView, key: str, a: Alert,
+    def _denial_risk(self, warnings: set[str]) -> float:
+        risk = 1.0
+        for reason in warnings:
+            risk *= 1.0 - self.rules.reason(reason).risk_weight
+        return round(1.0 - risk, 4)
+
+    def _line_unchanged(self, last: dict, patient_id: str, iso: str, ln: Line,
+                        final: bool) -> bool:
+        """`last == self._render_line(...)`, without building the dict: most lines of a
+        re-evaluated patient are unchanged, so compare field by field and stop at the first
+        difference. Same key count plus every rendered key equal is dict equality."""
+        rec = ln.record
+        if len(last) != _LINE_FIELDS or not (
+                last["line_id"] == ln.key and last["state"] == "active"
+                and last["final"] == final and last["code"] == ln.code
+                and last["units"] == ln.units and last["modifiers"] == ln.modifiers
+                and last["expected_reimbursement"] == ln.expected
+                and last["ndc"] == ln.ndc and last["ndc_quantity"] == ln.ndc_quantity
+                and last["ndc_unit"] == ln.ndc_unit
+                and last["ndc_qualifier"] == ("N4" if ln.ndc else None)
+                and last["patient_id"] == patient_id and last["service_date"] == iso
+                and last["encounter_id"] == rec.encounter_id
+                and last["place_of_service"] == rec.place_of_service
+                and last["payer_class"] == rec.payer_class
+                and last["rendering_npi"] == rec.rendering_npi):
+            return False
+        events, warnings = ln.source_event_ids, ln.warnings
+        return (last["diagnosis_codes"] == list(rec.diagnosis_codes or ())
+                and last["source_event_ids"] == (sorted(events) if len(events) > 1 else list(events))
+                and last["warnings"] == (sorted(warnings) if warnings else [])
+                and last["denial_risk"] == self._denial_risk(warnings))
+
+    def _render_alert(self, patient_id: str, iso: str, view: DayView, key: str, a: Alert,
                       final: bool) -> dict:
         info = self.rules.reason(a.reason_code)
         lines = [view.lines[k] for k in a.line_keys if k in view.lines]
@@ -236,8 +285,8 @@ class Engine:
             "reason_code": a.reason_code, "severity": a.severity or info.severity,
             "work_queue": info.work_queue, "message": a.message, "suggested_fix": a.suggested_fix,
             "predicted_denial": {"carc": info.carc, "rarc": info.rarc},
-            "patient_id": state.patient_id, "encounter_id": a.record.encounter_id,
-            "service_date": view.day.isoformat(), "payer_class": a.record.payer_class,
+            "patient_id": patient_id, "encounter_id": a.record.encounter_id,
+            "service_date": iso, "payer_class": a.record.payer_class,
             "code": a.code,
             "line_id": lines[0].key if lines else None,
             "revenue_at_risk": round(sum(ln.expected for ln in lines), 2),

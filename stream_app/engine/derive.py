@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
 from hashlib import blake2b
+from operator import attrgetter
 from pathlib import Path
 
 from stream_app.engine import normalise as nz
@@ -69,6 +70,13 @@ class Derivation:
             if not _matches(raw[key], want):
                 raise RuleDataError(str(path), line, key, f"{key!r} must be {_describe(want)}")
         return cls(raw)
+
+    def __post_init__(self):
+        # Settings become plain instance attributes: the rules read them in their inner
+        # loops, and a normal attribute look-up skips the __getattr__ call below.
+        for name, value in self.raw.items():
+            if isinstance(name, str) and not hasattr(type(self), name):
+                object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str):
         try:
@@ -124,16 +132,20 @@ def _key(*parts: str) -> str:
     return blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
+# Keys are memoised (bounded, about 2 MB): every evaluation of a patient derives the same
+# keys again, and the hash costs more than the look-up.
+@lru_cache(maxsize=8192)
 def line_key(patient_id: str, day: date, event_type: str, record_id: str, role: str) -> str:
     return _key("line", patient_id, day.isoformat(), event_type, record_id, role)
 
 
+@lru_cache(maxsize=2048)
 def alert_key(patient_id: str, day: date, reason_code: str, subject: str) -> str:
     return _key("alert", patient_id, day.isoformat(), reason_code, subject)
 
 
-def _order(rec) -> tuple:
-    return (rec.occurred_at, rec.record_id)
+# Sort key (occurred_at, record_id); attrgetter builds the same tuple without a Python call.
+_order = attrgetter("occurred_at", "record_id")
 
 
 @dataclass(slots=True)
@@ -186,6 +198,7 @@ class _AdminFacts:
     code: str | None = None  # the derived administration code
     no_code_reason: str | None = None
     lines: list[Line] = field(default_factory=list)
+    drug_billable: bool = False  # _drug_billable(), asked by both drug lines and checks
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -269,8 +282,10 @@ class Evaluator:
             day_facts = by_day.get(day, [])
             self._mark_duplicates(day_facts, alerts)
             self._code_administrations(patient_id, day, day_facts, alerts)
-            for f in day_facts:
-                self._record_checks(patient_id, day, f, alerts, settled(day), open_missing_ndc)
+            if day_facts:
+                day_settled = settled(day)
+                for f in day_facts:
+                    self._record_checks(patient_id, day, f, alerts, day_settled, open_missing_ndc)
             self._distinct_and_repeat_modifiers(day, day_facts)
             self._addon_without_primary(day, day_facts, alerts)
             self._em_lines(patient_id, day, day_facts, em_by_day.get(day, []), view, alerts)
@@ -295,11 +310,15 @@ class Evaluator:
             route = nz.resolve_iv(route, a.occurred_at, a.ended_at)
         ndc11 = _ndc11(a.drug.ndc) if a.drug.ndc else None
         name = (a.drug.name or "").strip().lower()
-        return _AdminFacts(a, route, ndc11, bool(a.drug.ndc) and ndc11 is None, ndc11 or name)
+        f = _AdminFacts(a, route, ndc11, bool(a.drug.ndc) and ndc11 is None, ndc11 or name)
+        f.drug_billable = self._drug_billable(f)
+        return f
 
     def _match_dispenses(self, facts: list[_AdminFacts], dispenses: list[Dispense]) -> None:
         """Dispense matching (contract.md §3): same order_id whatever the day; without one,
         same service date and NDC 11 (else drug name), earliest unmatched administration."""
+        if not dispenses:
+            return  # the common case: nothing to match
         by_order: dict[str, list[_AdminFacts]] = {}
         for f in facts:
             if f.rec.order_id:
@@ -500,7 +519,7 @@ class Evaluator:
         """Drug supply line (billing-rules §6): HCPCS, units, NDC 11 with N4, quantity and
         unit; JZ, or a separate JW line for the wasted amount."""
         rec, drug = f.rec, f.rec.drug
-        if not self._drug_billable(f):
+        if not f.drug_billable:
             return
         ndc = f.ndc11 or next((n for n in (_ndc11(x.ndc) for x in f.dispenses if x.ndc) if n), None)
         hcpcs = drug.hcpcs or (self.rules.hcpcs_for_ndc(ndc, day) if ndc else None)
@@ -508,9 +527,11 @@ class Evaluator:
             return
         unit = self.rules.billing_unit(hcpcs, day)
         units = self._drug_units(drug.dose, drug.dose_unit, unit) or 1
-        events = (rec.event_id,) + tuple(x.event_id for x in f.dispenses)
+        # Most administrations have no matched dispense: skip the generators for those.
+        dispenses = f.dispenses
+        events = (rec.event_id,) + tuple(x.event_id for x in dispenses) if dispenses else (rec.event_id,)
         qty, qty_unit = None, None
-        disp = next((x for x in f.dispenses if x.quantity and x.quantity_unit), None)
+        disp = next((x for x in dispenses if x.quantity and x.quantity_unit), None) if dispenses else None
         if disp is not None:
             qty, qty_unit = disp.quantity, disp.quantity_unit
         elif drug.dose is not None and drug.dose_unit in self.d.ndc_unit_from_dose:
@@ -569,7 +590,7 @@ class Evaluator:
         self._supervision(rec, day, alerts, subject, code)
         self._facility_setting(rec, day, f, alerts, subject)
         self._proposed_modifiers(rec, alerts, subject, code)
-        if self._drug_billable(f):
+        if f.drug_billable:
             self._ndc_checks(patient_id, day, f, alerts, subject, settled, open_missing_ndc)
             self._drug_units_known(f, day, alerts, subject)
             self._waste_modifier(f, day, alerts, subject)
