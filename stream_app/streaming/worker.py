@@ -12,6 +12,7 @@ Logs never carry patient, encounter or record ids or diagnosis codes.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -28,6 +29,10 @@ _TUNING = (
     ("session_timeout", "--session-timeout", float, 30.0, "Kafka consumer session timeout (s)"),
     ("heartbeat_interval", "--heartbeat-interval", float, 3.0, "consumer heartbeat (s)"),
     ("rebalance_timeout", "--rebalance-timeout", float, 60.0, "consumer rebalance timeout (s)"),
+    ("fetch_min_bytes", "--fetch-min-bytes", int, 1,
+     "bytes the broker gathers before answering a fetch (1: answer at once)"),
+    ("fetch_max_wait", "--fetch-max-wait", float, 1.5,
+     "seconds the broker may hold a fetch to gather --fetch-min-bytes"),
     ("replication_factor", "--replication-factor", int, 1,
      "replication factor of the internal topics (repartition, table changelog)"),
     ("startup_timeout", "--startup-timeout", float, 300.0,
@@ -152,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     from stream_app.streaming.logfilter import rate_limit_kafka_client_logs
 
     rate_limit_kafka_client_logs()
+    tune_gc()
     loglevel = getattr(args, "faust_loglevel", None) or getattr(args, "log_level", "INFO")
     worker = faust.Worker(streams.app, loglevel=str(loglevel).lower(), quiet=True)
     try:
@@ -163,6 +169,20 @@ def run(args: argparse.Namespace) -> int:
         streams.stopping = True
         _close(server)
     return 0
+
+
+# The worker allocates a short-lived object graph per event and makes almost no reference
+# cycles (its full collections found ~0 garbage), yet at Python's default thresholds the
+# collector runs a young collection every 700 net allocations and rescans the start-up
+# heap (rule tables, Faust, modules) on every full pass. Frozen start-up heap and rarer
+# young collections: less worker CPU per event (docs/performance.md, "Session 6").
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _close(server) -> None:
