@@ -53,6 +53,7 @@ from stream_app.streaming.batching import (
     take_batches,
 )
 from stream_app.streaming.commits import OffsetAudit, StrictCommits
+from stream_app.streaming.fetchpace import FetchPace, pace_fetches
 from stream_app.streaming.processor import (
     MARKER_PREFIX,
     Item,
@@ -91,16 +92,10 @@ class StreamOptions:
     max_request_size: int = 16 * 1024 * 1024
     max_batch_bytes: int = 4 * 1024 * 1024
     stream_buffer_maxsize: int = 4096
-    # The consumer's fetch requests: the broker answers once this many bytes are ready or
-    # the wait is over. The defaults are Faust's (1 byte, 1.5 s): a fetch returns as soon
-    # as any record is there, and an idle worker is held 1.5 s per fetch (3 % CPU).
-    # Under a steady trickle nearly every record then costs a fetch round trip, which
-    # aiokafka encodes and decodes in Python; 16 KB / 5 ms saved 6-7 points of worker CPU
-    # at 500 and 2,000 events/s for +0-8 ms of latency, but an idle worker then polls
-    # every 5 ms (15 % CPU). A trade for a worker under constant load, not a default
-    # (docs/performance.md, "Session 6").
-    fetch_min_bytes: int = 1
-    fetch_max_wait: float = 1.5
+    # While records flow, fetches are held until this many bytes are ready or the wait is
+    # over; after an empty fetch they are answered at the first byte (fetchpace.py).
+    fetch_min_bytes: int = 16 * 1024
+    fetch_max_wait: float = 0.005
     lag_interval: float = 5.0
     commit_interval: float = 1.0
     replication_factor: int = 1  # internal topics; 3 on a production cluster
@@ -158,22 +153,6 @@ def make_producer_idempotent(app: faust.App) -> None:
     retried after a broker or network failure can then not write a message twice (a
     duplicate would carry an equal, not a higher, revision)."""
     app.producer._settings_extra = lambda: {"acks": "all", "enable_idempotence": True}  # noqa: SLF001
-
-
-def tune_fetches(app: faust.App, min_bytes: int, max_wait: float) -> None:
-    """Faust builds its aiokafka consumer with a fixed fetch wait and the default minimum
-    fetch size; set both on the consumer before it starts (it hands them to its fetcher
-    then)."""
-    thread = app.consumer._thread  # noqa: SLF001 - no setting for these
-    create = thread._create_worker_consumer  # noqa: SLF001
-
-    def _create(transport):
-        consumer = create(transport)
-        consumer._fetch_min_bytes = min_bytes  # noqa: SLF001
-        consumer._fetch_max_wait_ms = int(max_wait * 1000)  # noqa: SLF001
-        return consumer
-
-    thread._create_worker_consumer = _create  # noqa: SLF001
 
 
 def internal_topic_names(settings: Settings) -> tuple[str, str]:
@@ -324,7 +303,7 @@ class ChargecapStreams:
                         **settings.aiokafka_security_kwargs()),
         ).install()
         make_producer_idempotent(app)
-        tune_fetches(app, opts.fetch_min_bytes, opts.fetch_max_wait)
+        pace_fetches(app, FetchPace(opts.fetch_min_bytes, opts.fetch_max_wait))
         fastpath.install(app)
         self.input_names = tuple(settings.topic(t) for t in INPUT_TOPICS)
         self.origin_of = {name: i for i, name in enumerate(self.input_names)}

@@ -297,21 +297,3 @@ async def test_worker_producer_is_idempotent_without_exactly_once():
     producer = app.producer._new_producer()
     assert producer._txn_manager is not None  # idempotence on: sequence numbers per partition
     assert app.conf.processing_guarantee.value == "at_least_once"
-
-
-async def test_fetch_tuning_reaches_the_consumer():
-    """The broker holds a fetch until --fetch-min-bytes are ready or --fetch-max-wait is
-    over (Faust itself fixes the wait at 1.5 s and leaves the minimum at 1 byte)."""
-    from stream_app.config import Settings
-    from stream_app.streaming.app import StreamOptions, build_faust_app, tune_fetches
-
-    app = build_faust_app(Settings(broker="kafka://127.0.0.1:1", store="memory://"),
-                          StreamOptions())
-    tune_fetches(app, 32768, 0.015)
-    thread = app.consumer._thread
-    consumer = thread._create_worker_consumer(thread.transport)
-    try:
-        assert consumer._fetch_min_bytes == 32768
-        assert consumer._fetch_max_wait_ms == 15
-    finally:
-        await consumer._client.close()
