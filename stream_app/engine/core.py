@@ -19,7 +19,6 @@ from stream_app.engine.ruledata import RuleSet
 from stream_app.engine.state import DayState, Emitted, PatientState
 
 _REVERSE = {"active": "void", "open": "resolved"}
-_LINE_FIELDS = 21  # keys in a rendered line (Engine._render_line); _line_unchanged checks it
 
 
 @lru_cache(maxsize=8192)
@@ -192,10 +191,10 @@ class Engine:
                 if ln.held:
                     continue
                 wanted += 1
+                value = self._render_line(pid, iso, ln, final)
                 em = emitted.get(key)
-                if em is None or not self._line_unchanged(em.value, pid, iso, ln, final):
-                    self._emit(ds, key, LINE, self._render_line(pid, iso, ln, final),
-                               rev_floor, out)
+                if em is None or em.value != value:
+                    self._emit(ds, key, LINE, value, rev_floor, out)
             for key, a in alerts.items():
                 value = self._render_alert(pid, iso, view, key, a, final)
                 em = emitted.get(key)
@@ -246,32 +245,6 @@ class Engine:
         for reason in warnings:
             risk *= 1.0 - self.rules.reason(reason).risk_weight
         return round(1.0 - risk, 4)
-
-    def _line_unchanged(self, last: dict, patient_id: str, iso: str, ln: Line,
-                        final: bool) -> bool:
-        """`last == self._render_line(...)`, without building the dict: most lines of a
-        re-evaluated patient are unchanged, so compare field by field and stop at the first
-        difference. Same key count plus every rendered key equal is dict equality."""
-        rec = ln.record
-        if len(last) != _LINE_FIELDS or not (
-                last["line_id"] == ln.key and last["state"] == "active"
-                and last["final"] == final and last["code"] == ln.code
-                and last["units"] == ln.units and last["modifiers"] == ln.modifiers
-                and last["expected_reimbursement"] == ln.expected
-                and last["ndc"] == ln.ndc and last["ndc_quantity"] == ln.ndc_quantity
-                and last["ndc_unit"] == ln.ndc_unit
-                and last["ndc_qualifier"] == ("N4" if ln.ndc else None)
-                and last["patient_id"] == patient_id and last["service_date"] == iso
-                and last["encounter_id"] == rec.encounter_id
-                and last["place_of_service"] == rec.place_of_service
-                and last["payer_class"] == rec.payer_class
-                and last["rendering_npi"] == rec.rendering_npi):
-            return False
-        events, warnings = ln.source_event_ids, ln.warnings
-        return (last["diagnosis_codes"] == list(rec.diagnosis_codes or ())
-                and last["source_event_ids"] == (sorted(events) if len(events) > 1 else list(events))
-                and last["warnings"] == (sorted(warnings) if warnings else [])
-                and last["denial_risk"] == self._denial_risk(warnings))
 
     def _render_alert(self, patient_id: str, iso: str, view: DayView, key: str, a: Alert,
                       final: bool) -> dict:
