@@ -100,6 +100,8 @@ class StreamOptions:
     commit_interval: float = 1.0
     replication_factor: int = 1  # internal topics; 3 on a production cluster
     startup_timeout: float = 300.0
+    state_cache: int = 512  # decoded patient states kept between batches (processor.py)
+    malloc_trim_interval: float = 2.0  # memtrim.py; 0 = never
 
 
 # Faust's RocksDB defaults (64 MB x 3 write buffers and a 2 GiB block cache per partition
@@ -313,7 +315,8 @@ class ChargecapStreams:
         self.repartition_name = f"{settings.app_id}-patient-records"
         self.recovered = False
         self.stopping = False
-        self.stage2 = Stage2(engine, state_cls, metrics=metrics, input_topics=self.input_names)
+        self.stage2 = Stage2(engine, state_cls, metrics=metrics, input_topics=self.input_names,
+                             cache_size=opts.state_cache)
 
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                "value_serializer": "raw"}

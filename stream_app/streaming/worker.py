@@ -37,7 +37,13 @@ _TUNING = (
      "replication factor of the internal topics (repartition, table changelog)"),
     ("startup_timeout", "--startup-timeout", float, 300.0,
      "seconds to keep retrying the broker at start-up before giving up"),
+    ("state_cache", "--state-cache", int, 512,
+     "decoded patient states kept in memory between batches (0: none)"),
+    ("malloc_trim_interval", "--malloc-trim-interval", float, 2.0,
+     "seconds between handing freed heap memory back to the OS (0: never)"),
 )
+# Tuning values for which 0 means "off" rather than being invalid.
+_ZERO_ALLOWED = frozenset({"state_cache", "malloc_trim_interval"})
 
 
 def _env(name: str) -> str:
@@ -70,7 +76,7 @@ def stream_options(args: argparse.Namespace | None, environ=None):
             values[name] = typ(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: invalid value {raw!r} for {name}") from exc
-        if values[name] <= 0:
+        if values[name] < 0 or (values[name] == 0 and name not in _ZERO_ALLOWED):
             raise ConfigError(f"{source}: {name} must be positive")
     return StreamOptions(**values)
 
@@ -158,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
     rate_limit_kafka_client_logs()
     tune_gc()
+    from stream_app.streaming.memtrim import MemoryTrimmer
+
+    trimmer = MemoryTrimmer(opts.malloc_trim_interval).start()
     loglevel = getattr(args, "faust_loglevel", None) or getattr(args, "log_level", "INFO")
     worker = faust.Worker(streams.app, loglevel=str(loglevel).lower(), quiet=True)
     try:
@@ -167,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     finally:
         streams.stopping = True
+        trimmer.stop()
         _close(server)
     return 0
 

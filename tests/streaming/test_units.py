@@ -266,6 +266,21 @@ def test_tuning_flags_validated(flag):
     assert stream_options(p.parse_args([flag, "3"]), environ={}) is not None
 
 
+@pytest.mark.parametrize("flag,name", [("--state-cache", "state_cache"),
+                                       ("--malloc-trim-interval", "malloc_trim_interval")])
+def test_tuning_flags_where_zero_means_off(flag, name):
+    import argparse
+
+    from stream_app.config import ConfigError
+    from stream_app.streaming.worker import add_arguments, stream_options
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert getattr(stream_options(p.parse_args([flag, "0"]), environ={}), name) == 0
+    with pytest.raises(ConfigError):
+        stream_options(p.parse_args([flag, "-1"]), environ={})
+
+
 def test_kafka_client_log_flood_is_rate_limited():
     import logging
 
