@@ -122,6 +122,13 @@ def rss_of(pid: int) -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -559,9 +566,12 @@ async def phase_pipeline(bootstrap: str, prefix: str, n: int, workdir: Path, app
         t_start = time.monotonic()
         w.start_profile(profile)
         ready_s = await w.wait_ready()
+        cpu0 = sum(cpu_seconds_of(m.pid) for m in w.members)
         async with Probe(bootstrap) as probe:
             done = await w.wait_processed(n, [prefix + t for t in INPUT_TOPICS], probe,
                                           [prefix + t for t in OUTPUT_TOPICS], quiet, timeout)
+            # includes the quiet wait at the end (an idle worker uses ~3 % of a core)
+            cpu = sum(cpu_seconds_of(m.pid) for m in w.members) - cpu0
             w.stop_profile()
             first = await probe.edge_timestamps([f"{app_id}-patient-records"], last=False)
             last = await probe.edge_timestamps([prefix + t for t in OUTPUT_TOPICS], last=True)
@@ -580,6 +590,8 @@ async def phase_pipeline(bootstrap: str, prefix: str, n: int, workdir: Path, app
         "poll_eps": n / poll_seconds if poll_seconds > 0 else 0.0,
         "ready_s": ready_s,
         "wall_s": wall,
+        "worker_cpu_s": cpu,
+        "worker_cpu_us_per_event": cpu / n * 1e6 if n else 0.0,
         "charge_line_messages": outputs[LINES],
         "alert_messages": outputs[ALERTS],
         "dead_letter_messages": outputs[DEAD],
@@ -984,7 +996,8 @@ def print_table(res: dict) -> None:
         p = d["pipeline"]
         print(f"  pipeline by metrics polling: {p['poll_eps']:,.0f} events/s; outputs "
               f"{p['charge_line_messages']:,} lines, {p['alert_messages']:,} alerts, "
-              f"{p['dead_letter_messages']:,} dead letters; worker ready in {p['ready_s']:.1f} s")
+              f"{p['dead_letter_messages']:,} dead letters; worker ready in {p['ready_s']:.1f} s; "
+              f"worker CPU {p['worker_cpu_us_per_event']:,.0f} µs per event")
     if "latency" in d:
         la = d["latency"]
         print(f"  latency: {la['outputs']:,} decisions at {la['offered_eps']:,.0f} events/s "

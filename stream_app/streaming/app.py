@@ -65,6 +65,7 @@ from stream_app.streaming.processor import (
     truncated_dead_letter,
 )
 from stream_app.streaming.seekguard import guard_seeks
+from stream_app.streaming.statestore import changelog_is_the_wal, partition_db
 
 log = logging.getLogger(__name__)
 
@@ -256,16 +257,19 @@ class _PartitionTable(TableAccess):
     for their acknowledgement before the batch's outputs are produced.
     """
 
-    __slots__ = ("table", "partition", "event", "changelog", "topic")
+    __slots__ = ("table", "partition", "event", "changelog", "topic", "db")
 
-    def __init__(self, table, partition: int, event, changelog: list):
+    def __init__(self, table, partition: int, event, changelog: list, db=None):
         self.table, self.partition, self.event, self.changelog = table, partition, event, changelog
         self.topic = table.changelog_topic_name
+        self.db = db  # the partition's RocksDB database, used directly (statestore.py)
 
     def activate(self) -> None:
         _current_event.set(weakref.ref(self.event))
 
     def get(self, key: bytes) -> bytes | None:
+        if self.db is not None:
+            return self.db.get(key)
         self.activate()
         try:
             return self.table.data[key]
@@ -273,16 +277,22 @@ class _PartitionTable(TableAccess):
             return None
 
     def set(self, key: bytes, value: bytes) -> None:
-        self.activate()
-        self.table.data[key] = value
+        if self.db is not None:
+            self.db.put(key, value)
+        else:
+            self.activate()
+            self.table.data[key] = value
         self.changelog.append((self.topic, self.partition, key, value, None))
 
     def delete(self, key: bytes) -> None:
-        self.activate()
-        try:
-            del self.table.data[key]
-        except KeyError:
-            pass
+        if self.db is not None:
+            self.db.delete(key)
+        else:
+            self.activate()
+            try:
+                del self.table.data[key]
+            except KeyError:
+                pass
         self.changelog.append((self.topic, self.partition, key, None, None))
 
 
@@ -331,6 +341,7 @@ class ChargecapStreams:
             options=ROCKSDB_OPTIONS if str(settings.store).startswith("rocksdb") else None,
         )
         self.table.on_recover(self._on_recover)
+        changelog_is_the_wal(self.table.data)
         # Record batch limits per topic; the outputs' are read from the broker at start-up.
         self.set_output_limits({})
 
@@ -522,7 +533,8 @@ class ChargecapStreams:
                 outputs = [o for o in outputs if o.partition != p]
                 self.stage2.revoke(p)
         for p in touched:
-            access = _PartitionTable(self.table, p, ctx[p], changelog)
+            access = _PartitionTable(self.table, p, ctx[p], changelog,
+                                     partition_db(self.table.data, p))
             try:
                 self.stage2.process_partition(p, access, groups.get(p, {}), p in ticks,
                                               batch_us, now, outputs)
