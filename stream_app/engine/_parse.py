@@ -85,18 +85,6 @@ def _wrong(path: str, what: str) -> _Reject:
 
 # --- field readers -----------------------------------------------------------------------
 
-# Every field is read through one of these, ~17 per record, so they are written for the
-# common case (the value is present and a string) and each does its own dict lookup and
-# trimming rather than calling _opt_str: a Python call per field was a large share of the
-# parse time. The values and errors are those of _opt_str followed by the reader's check.
-
-def _not_str(v: object, path: str) -> None:
-    """The value of a string field that is not a string: absent (None) or the wrong type."""
-    if v is None:
-        return None
-    raise _wrong(path, "must be a string")
-
-
 def _too_long(path: str, limit: int) -> _Reject:
     return _wrong(path, f"is longer than {limit} characters")
 
@@ -105,7 +93,9 @@ def _opt_str(obj: dict, key: str, path: str, limit: int) -> str | None:
     """The trimmed string, None when absent or empty."""
     v = obj.get(key)
     if type(v) is not str:
-        return _not_str(v, path)
+        if v is None:
+            return None
+        raise _wrong(path, "must be a string")
     v = v.strip()
     if len(v) > limit:
         raise _too_long(path, limit)
@@ -113,37 +103,21 @@ def _opt_str(obj: dict, key: str, path: str, limit: int) -> str | None:
 
 
 def _req_str(obj: dict, key: str, limit: int) -> str:
-    v = obj.get(key)
-    if type(v) is not str:
-        _not_str(v, key)  # raises for the wrong type; absent is missing
-        raise _missing(key)
-    v = v.strip()
-    if len(v) > limit:
-        raise _too_long(key, limit)
-    if not v:
+    v = _opt_str(obj, key, key, limit)
+    if v is None:
         raise _missing(key)
     return v
 
 
 def _opt_upper(obj: dict, key: str, path: str) -> str | None:
-    v = obj.get(key)
-    if type(v) is not str:
-        return _not_str(v, path)
-    v = v.strip()
-    if len(v) > MAX_ID_CHARS:
-        raise _too_long(path, MAX_ID_CHARS)
-    return v.upper() if v else None
+    v = _opt_str(obj, key, path, MAX_ID_CHARS)
+    return v.upper() if v is not None else None
 
 
 def _opt_enum(obj: dict, key: str, path: str, allowed: dict[str, str], what: str,
               *, lower: bool = True) -> str | None:
-    v = obj.get(key)
-    if type(v) is not str:
-        return _not_str(v, path)
-    v = v.strip()
-    if len(v) > MAX_ID_CHARS:
-        raise _too_long(path, MAX_ID_CHARS)
-    if not v:
+    v = _opt_str(obj, key, path, MAX_ID_CHARS)
+    if v is None:
         return None
     canonical = allowed.get(v)
     if canonical is None:
@@ -189,13 +163,8 @@ def _opt_codes(obj: dict, key: str, path: str) -> tuple[str, ...] | None:
 
 
 def _opt_pos(obj: dict, key: str) -> str | None:
-    v = obj.get(key)
-    if type(v) is not str:
-        return _not_str(v, key)
-    v = v.strip()
-    if len(v) > MAX_ID_CHARS:
-        raise _too_long(key, MAX_ID_CHARS)
-    if not v:
+    v = _opt_str(obj, key, key, MAX_ID_CHARS)
+    if v is None:
         return None
     if v not in _POS:
         raise _wrong(key, "must be a two-digit place-of-service code")

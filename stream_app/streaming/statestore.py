@@ -17,15 +17,11 @@ needed (`partition_db`).
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
+from faust.stores.rocksdb import Store as RocksDBStore
 
 
 def _is_rocksdict_store(store) -> bool:
-    return (type(store).__module__ == "faust.stores.rocksdb"
-            and getattr(store, "use_rocksdict", False)
-            and callable(getattr(store, "_open_for_partition", None)))
+    return isinstance(store, RocksDBStore) and store.use_rocksdict
 
 
 def changelog_is_the_wal(store) -> bool:

@@ -76,7 +76,10 @@ def stream_options(args: argparse.Namespace | None, environ=None):
             values[name] = typ(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: invalid value {raw!r} for {name}") from exc
-        if values[name] < 0 or (values[name] == 0 and name not in _ZERO_ALLOWED):
+        if name in _ZERO_ALLOWED:
+            if values[name] < 0:
+                raise ConfigError(f"{source}: {name} must be zero or positive")
+        elif values[name] <= 0:
             raise ConfigError(f"{source}: {name} must be positive")
     return StreamOptions(**values)
 
