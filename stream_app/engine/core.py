@@ -74,7 +74,7 @@ class Engine:
         evaluate = False
         closing: list[DayState] = []
         for iso, ds in list(state.days.items()):
-            if ds.closed:
+            if ds.closed_at is not None:
                 if now >= ds.closed_at + s.retention_days * 86400:
                     self._drop_day(state, iso)
                     out.dropped_days += 1
@@ -121,9 +121,9 @@ class Engine:
 
     def next_due(self, state: PatientState) -> float | None:
         s = self.settings
-        due = None
+        due: float | None = None
         for ds in state.days.values():
-            if ds.closed:
+            if ds.closed_at is not None:
                 t = ds.closed_at + s.retention_days * 86400
             else:
                 t = self._close_at(ds)
@@ -204,8 +204,8 @@ class Engine:
         if len(emitted) == wanted:
             return  # every key the day ever emitted is still wanted (all are emitted now)
         for key, em in list(emitted.items()):
-            ln = lines.get(key)
-            if (ln is not None and not ln.held) or key in alerts:
+            wanted_line = lines.get(key)
+            if (wanted_line is not None and not wanted_line.held) or key in alerts:
                 continue  # still wanted: handled above
             last = em.value
             state_now = _REVERSE.get(last["state"], last["state"])

@@ -327,12 +327,12 @@ class Evaluator:
             if d.order_id:
                 cands = by_order.get(d.order_id)
                 if cands:
-                    target = next((f for f in cands if not f.dispenses), cands[0])
-                    target.dispenses.append(d)
+                    first = next((f for f in cands if not f.dispenses), cands[0])
+                    first.dispenses.append(d)
                 continue
             same_day = [f for f in facts if f.rec.service_date == d.service_date and not f.dispenses]
             d_ndc = _ndc11(d.ndc) if d.ndc else None
-            target = None
+            target: _AdminFacts | None = None
             if d_ndc:
                 target = next((f for f in same_day if f.ndc11 == d_ndc), None)
             if target is None and d.drug_name:
@@ -901,10 +901,10 @@ class Evaluator:
             sev = a.severity or self.rules.reason(a.reason_code).severity
             a.severity = sev
             for k in a.line_keys:
-                ln = view.lines.get(k)
-                if ln is None:
+                concerned = view.lines.get(k)
+                if concerned is None:
                     continue
                 if sev == "block":
-                    ln.held = True
+                    concerned.held = True
                 else:
-                    ln.warnings.add(a.reason_code)
+                    concerned.warnings.add(a.reason_code)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import ClassVar
 
 ADMINISTRATION = "medication.administered"
 EM_SERVICE = "em.service"
@@ -91,7 +92,7 @@ class Administration(_Common):
     charge_code: str | None = None
     charge_modifiers: tuple[str, ...] = ()
 
-    event_type = ADMINISTRATION
+    event_type: ClassVar[str] = ADMINISTRATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ class EMService(_Common):
     rendering_npi: str | None = None
     diagnosis_codes: tuple[str, ...] | None = None
 
-    event_type = EM_SERVICE
+    event_type: ClassVar[str] = EM_SERVICE
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,7 @@ class Dispense(_Common):
     quantity_unit: str | None = None
     lot_number: str | None = None
 
-    event_type = DISPENSE
+    event_type: ClassVar[str] = DISPENSE
 
 
 InputRecord = Administration | EMService | Dispense

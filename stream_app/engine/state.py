@@ -23,6 +23,7 @@ from stream_app.engine.records import (
     Dispense,
     Drug,
     EMService,
+    InputRecord,
 )
 
 _CLASSES = {ADMINISTRATION: Administration, EM_SERVICE: EMService, DISPENSE: Dispense}
@@ -51,7 +52,7 @@ class DayState:
 @dataclass(slots=True)
 class PatientState:
     patient_id: str
-    records: dict[tuple[str, str], object] = field(default_factory=dict)
+    records: dict[tuple[str, str], InputRecord] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)  # event_id -> service date (ISO)
     days: dict[str, DayState] = field(default_factory=dict)  # ISO date -> day
     # Encoded form of each record as last loaded or saved (record object, bytes): records
