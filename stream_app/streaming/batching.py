@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import struct
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 
@@ -46,6 +46,36 @@ def partition_for_key(key: bytes | None, partitions: int) -> int:
     if key is None:
         return next(_round_robin) % partitions
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+_M = 0x5BD1E995  # Kafka's murmur2 mixing constant (seed 0x9747B28C, shifts 24, 13, 15)
+_WORDS: dict[int, struct.Struct] = {}  # little-endian u32 words of a key, by word count
+
+
+def murmur2(key: bytes) -> int:
+    """Kafka's murmur2 (Java `Utils.murmur2`, unsigned), as aiokafka.partitioner.murmur2
+    computes it, ~2x faster: the key's 4-byte words are unpacked in one C call instead of
+    byte by byte. One is computed per decision sent; tests/streaming/test_batching.py
+    checks it against aiokafka's on every length up to 200 bytes."""
+    length = len(key)
+    words = _WORDS.get(length >> 2)
+    if words is None:
+        words = _WORDS[length >> 2] = struct.Struct(f"<{length >> 2}I")
+    h = 0x9747B28C ^ length
+    for k in words.unpack_from(key):
+        k = (k * _M) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * _M) & 0xFFFFFFFF
+        h = ((h * _M) & 0xFFFFFFFF) ^ k
+    tail = length & 3
+    if tail:
+        at = length - tail
+        if tail == 3:
+            h ^= key[at + 2] << 16
+        if tail >= 2:
+            h ^= key[at + 1] << 8
+        h = ((h ^ key[at]) * _M) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * _M) & 0xFFFFFFFF
+    return h ^ (h >> 15)
 
 
 async def take_batches(stream, max_size: int, within: float):

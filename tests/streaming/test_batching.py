@@ -7,11 +7,45 @@ real broker in test_worker_e2e.py and tests/reliability."""
 from __future__ import annotations
 
 import asyncio
+import random
 from types import SimpleNamespace
 
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from stream_app.streaming import batching
+
+# ---------------------------------------------------------------------- murmur2
+
+
+def _signed(h: int) -> int:
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+# Kafka's own test vectors for Utils.murmur2 (clients UtilsTest.testMurmur2), signed ints.
+@pytest.mark.parametrize("key,java", [
+    (b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536),
+    (b"a-little-bit-longer-string", -1486304829),
+    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971), (b"abc", 479470107),
+])
+def test_murmur2_matches_the_java_client(key, java):
+    assert _signed(batching.murmur2(key)) == java
+
+
+def test_murmur2_matches_aiokafka_on_every_length():
+    # Every tail length (0-3 bytes after the last full word) and every word count up to 50.
+    rng = random.Random(20261127)
+    for length in range(201):
+        for _ in range(20):
+            key = rng.randbytes(length)
+            assert batching.murmur2(key) == aiokafka_murmur2(key), length
+
+
+def test_a_keyed_decision_lands_where_the_java_partitioner_puts_it():
+    # DefaultPartitioner: toPositive(murmur2(key)) % partitions.
+    assert batching.partition_for_key(b"foobar", 3) == (-790332482 & 0x7FFFFFFF) % 3
+
 
 # ---------------------------------------------------------------------- send_batched
 
