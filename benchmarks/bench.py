@@ -5,6 +5,11 @@ same records `bench_replay.py` replays). Phases (`--only` picks some):
 
 * **raw**: `raw_passthrough.py` (aiokafka consumer → orjson → aiokafka producer, batched)
   over the pre-produced input → `raw_passthrough_eps`.
+* **faust**: `faust_passthrough.py`, the same work in one Faust agent configured as the
+  worker's first stage (its Faust app, batching, batched sends), a subprocess over the
+  same input; timed from the first to the last Kafka timestamp of its output topic →
+  `faust_passthrough_eps`, `faust_ratio` (= faust / raw): the most any pipeline built on
+  the worker's Faust configuration could reach on this machine.
 * **pipeline**: the real worker (`python -m stream_app worker`, a subprocess with its own
   app id, RocksDB store in a tmp dir) over the *same* pre-produced input. Start = the
   Kafka timestamp of the first message the worker wrote to its repartition topic (its
@@ -71,7 +76,7 @@ from stream_app.generate import generate_stream, produce  # noqa: E402
 from stream_app.topics import apply_topics  # noqa: E402
 
 KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
-PHASES = ("raw", "pipeline", "replay", "latency", "memory")
+PHASES = ("raw", "faust", "pipeline", "replay", "latency", "memory")
 FAR = 10**9  # settle/close seconds: never within a benchmark
 SEED = 7  # bench_replay's default seed: the pipeline and replay see the same records
 LINES, ALERTS, DEAD = OUTPUT_TOPICS
@@ -558,6 +563,53 @@ async def phase_raw(bootstrap: str, prefix: str, n: int) -> dict:
     return res
 
 
+async def phase_faust(bootstrap: str, prefix: str, n: int, workdir: Path, app_id: str,
+                      quiet: float, timeout: float) -> dict:
+    out_topic = prefix + "bench.faust-passthrough"
+    await create_topic(bootstrap, out_topic, 3)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "faust_passthrough.py"),
+           "--out", out_topic, "--app-id", app_id, "--topic-prefix", prefix,
+           "--broker", ",".join(f"kafka://{b}" for b in bootstrap.split(",")),
+           "--store", "memory://", "--data-dir", str(workdir / f"data-{app_id}")]
+    log_path = workdir / f"{app_id}.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            t0 = time.monotonic()
+            cpu0 = None
+            async with Probe(bootstrap) as probe:
+                produced, last_change, last = 0, time.monotonic(), -1
+                while produced < n or time.monotonic() - last_change < quiet:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"faust passthrough exited with {proc.returncode}; "
+                                           f"log: {log_path.read_text(errors='replace')[-2000:]}")
+                    if time.monotonic() - t0 > timeout:
+                        raise TimeoutError(f"faust passthrough: {produced}/{n} after {timeout:.0f} s")
+                    if cpu0 is None:
+                        cpu0 = cpu_seconds_of(proc.pid)
+                    produced = sum((await probe.end_offsets([out_topic])).values())
+                    if produced != last:
+                        last, last_change = produced, time.monotonic()
+                    await asyncio.sleep(0.1 if produced < n else 0.25)
+                cpu = cpu_seconds_of(proc.pid) - cpu0
+                first = await probe.edge_timestamps([out_topic], last=False)
+                end = await probe.edge_timestamps([out_topic], last=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    if produced != n:
+        raise RuntimeError(f"faust passthrough produced {produced} of {n}")
+    seconds = (max(end) - min(first)) / 1000.0
+    return {"produced": produced, "seconds": seconds,
+            "eps": n / seconds if seconds > 0 else 0.0,
+            "cpu_us_per_event": cpu / n * 1e6 if n else 0.0}
+
+
 async def phase_pipeline(bootstrap: str, prefix: str, n: int, workdir: Path, app_id: str,
                          quiet: float, timeout: float, profile: Path | None = None,
                          workers: int = 1) -> dict:
@@ -867,7 +919,7 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
         gc.collect()
         gc.freeze()
 
-        if "raw" in args.phases or "pipeline" in args.phases:
+        if {"raw", "faust", "pipeline"} & set(args.phases):
             p1 = f"bench-{run_id}-in."
             prefixes.append(p1)
             t = time.perf_counter()
@@ -882,6 +934,16 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
                 details["raw"] = raw
                 res["raw_passthrough_eps"] = round(raw["eps"])
                 log(f"raw passthrough: {raw['eps']:,.0f} events/s")
+            if "faust" in args.phases:
+                t = time.perf_counter()
+                app_id = f"bench-{run_id}-faust"
+                prefixes.append(app_id)
+                fp = await phase_faust(bootstrap, p1, n, workdir, app_id, quiet,
+                                       timeout=max(300.0, n / 200))
+                durations["faust"] = time.perf_counter() - t
+                details["faust"] = fp
+                res["faust_passthrough_eps"] = round(fp["eps"])
+                log(f"faust passthrough: {fp['eps']:,.0f} events/s")
             if "pipeline" in args.phases:
                 t = time.perf_counter()
                 app_id = f"bench-{run_id}-pipe"
@@ -952,6 +1014,8 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
                 log(f"deleted {deleted} benchmark topic(s)")
     if "raw_passthrough_eps" in res and "pipeline_eps" in res:
         res["pipeline_ratio"] = round(res["pipeline_eps"] / res["raw_passthrough_eps"], 4)
+    if "raw_passthrough_eps" in res and "faust_passthrough_eps" in res:
+        res["faust_ratio"] = round(res["faust_passthrough_eps"] / res["raw_passthrough_eps"], 4)
     res["durations_s"] = {k: round(v, 2) for k, v in durations.items()}
     res["details"] = _rounded(details)
     return res
@@ -968,6 +1032,8 @@ def _rounded(obj):
 def print_table(res: dict) -> None:
     rows = [
         ("raw_passthrough_eps", "aiokafka consume → orjson → produce (events/s)"),
+        ("faust_passthrough_eps", "one Faust agent as the worker's, orjson only (events/s)"),
+        ("faust_ratio", "faust passthrough / raw: the ceiling for pipeline_ratio"),
         ("pipeline_eps", "worker, input → last output (events/s)"),
         ("pipeline_ratio", "pipeline / raw (goal ≥ 0.5)"),
         ("parse_only_eps", "orjson.loads only (events/s)"),

@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 FIELDS = (
     "raw_passthrough_eps",
+    "faust_passthrough_eps",
+    "faust_ratio",
     "pipeline_eps",
     "pipeline_ratio",
     "replay_eps",
@@ -56,6 +58,8 @@ def test_bench_smoke_reports_every_figure(kafka_bootstrap):
     assert all(v >= 0 for v in result["durations_s"].values())
     details = result["details"]
     assert details["pipeline"]["charge_line_messages"] > 0
+    # the Faust floor moved every input message, valid or not, exactly once
+    assert details["faust"]["produced"] == details["raw"]["consumed"] == result["records"]
     assert details["latency"]["outputs"] > 0
     assert details["memory_rocksdb"]["open_patient_days"] == \
         details["memory_rocksdb"]["expected_open_patient_days"]

@@ -1,0 +1,95 @@
+"""The ceiling of one Faust hop configured as the worker (issue 6, `faust_passthrough_eps`).
+
+`raw_passthrough.py` is the limit of a plain aiokafka loop. This is the same work — read
+the input topics, `orjson.loads` each value, re-key by `patient_id`, send the original
+bytes to one output topic — done the way the worker's stage 1 does its I/O: the worker's
+Faust app (`build_faust_app` with the default `StreamOptions`, the delivery fast path,
+paced fetches, strict commits), batches taken with `take_batches` of the same size and
+wait, sent with `send_batched` and acknowledged only once delivered. No validation, no
+state, no second stage: whatever the pipeline does beyond this is chargecap's own work,
+and `pipeline_eps` cannot exceed this figure however cheap that work becomes.
+
+Run by `bench.py` as a subprocess (a Faust worker owns its event loop) and timed by it
+from the Kafka timestamps of the output topic, as the pipeline is:
+`python benchmarks/faust_passthrough.py --broker 127.0.0.1:9092 --topic-prefix P
+--app-id A --data-dir D --out TOPIC`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stream_app.config import INPUT_TOPICS, settings_from_args  # noqa: E402
+from stream_app.streaming import fastpath  # noqa: E402
+from stream_app.streaming.app import (  # noqa: E402
+    StreamOptions,
+    build_faust_app,
+    make_producer_idempotent,
+)
+from stream_app.streaming.batching import ack_batch, send_batched, take_batches  # noqa: E402
+from stream_app.streaming.commits import OffsetAudit, StrictCommits  # noqa: E402
+from stream_app.streaming.fetchpace import FetchPace, pace_fetches  # noqa: E402
+from stream_app.streaming.seekguard import guard_seeks  # noqa: E402
+from stream_app.streaming.worker import add_arguments, stream_options, tune_gc  # noqa: E402
+
+
+def build(args: argparse.Namespace, opts: StreamOptions | None = None):
+    settings = settings_from_args(args)
+    opts = opts or StreamOptions()
+    app = build_faust_app(settings, opts)
+    guard_seeks(app.consumer)
+    StrictCommits(app.consumer, OffsetAudit(
+        settings.bootstrap_servers, client_id=f"{settings.app_id}-audit",
+        **settings.aiokafka_security_kwargs())).install()
+    make_producer_idempotent(app)
+    pace_fetches(app, FetchPace(opts.fetch_min_bytes, opts.fetch_max_wait))
+    fastpath.install(app)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+           "value_serializer": "raw"}
+    inputs = app.topic(*(settings.topic(t) for t in INPUT_TOPICS), **raw)
+    out_topic = args.out
+    loads = orjson.loads
+
+    async def passthrough(stream):
+        kafka = app.producer._ensure_producer()  # noqa: SLF001 - as the worker does
+        async for events in take_batches(stream, opts.batch_size, opts.batch_within):
+            sends = []
+            for ev in events:
+                value = ev.message.value or b""
+                try:
+                    key = loads(value)["patient_id"].encode()
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    key = ev.message.key
+                sends.append((out_topic, None, key, value, None))
+            await send_batched(kafka, sends)
+            await ack_batch(stream, events)
+
+    app.agent(inputs, name="faust-passthrough", concurrency=1)(passthrough)
+    return app
+
+
+def main(argv=None, opts: StreamOptions | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="output topic (must exist)")
+    add_arguments(ap)  # the worker's settings and tuning flags
+    args = ap.parse_args(argv)
+    app = build(args, opts or stream_options(args))
+    import faust
+
+    tune_gc()
+    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
