@@ -159,7 +159,7 @@ class Engine:
         def open_missing_ndc(day: date, akey: str) -> bool:
             for ds in days.values():
                 em = ds.emitted.get(akey)
-                if em is not None and em.value["state"] == "open":
+                if em is not None and em.state == "open":
                     return True
             waiting.add(day)
             return False
@@ -193,12 +193,12 @@ class Engine:
                 wanted += 1
                 value = self._render_line(pid, iso, ln, final)
                 em = emitted.get(key)
-                if em is None or em.value != value:
+                if em is None or not em.same_as(value):
                     self._emit(ds, key, LINE, value, rev_floor, out)
             for key, a in alerts.items():
                 value = self._render_alert(pid, iso, view, key, a, final)
                 em = emitted.get(key)
-                if em is None or em.value != value:
+                if em is None or not em.same_as(value):
                     self._emit(ds, key, ALERT, value, rev_floor, out)
             wanted += len(alerts)
         if len(emitted) == wanted:
@@ -207,10 +207,9 @@ class Engine:
             wanted_line = lines.get(key)
             if (wanted_line is not None and not wanted_line.held) or key in alerts:
                 continue  # still wanted: handled above
-            last = em.value
-            state_now = _REVERSE.get(last["state"], last["state"])
-            if state_now != last["state"] or last["final"] != final:
-                self._emit(ds, key, em.kind, {**last, "state": state_now, "final": final},
+            state_now = _REVERSE.get(em.state, em.state)
+            if state_now != em.state or em.final != final:
+                self._emit(ds, key, em.kind, {**em.value, "state": state_now, "final": final},
                            rev_floor, out)
 
     @staticmethod

@@ -26,14 +26,60 @@ from stream_app.engine.records import (
     InputRecord,
 )
 
+LAYOUT = 2  # of PatientState.to_bytes(); from_bytes() also reads layout 1
+
 _CLASSES = {ADMINISTRATION: Administration, EM_SERVICE: EMService, DISPENSE: Dispense}
 
 
-@dataclass(slots=True)
 class Emitted:
-    rev: int
-    kind: str  # "line" | "alert"
-    value: dict  # last emitted message without "revision"
+    """The last message a key emitted, without its revision.
+
+    Held as the dict it was rendered as, or, once loaded from the worker's table, as its
+    JSON bytes: a patient's emitted messages were most of what loading its state parsed
+    (~2 kB of JSON a patient), yet they are read only to void, resolve, close or re-emit
+    a key. A diff compares a freshly rendered message with the dict when there is one,
+    else with the bytes (`same_as`).
+    """
+
+    __slots__ = ("rev", "kind", "state", "final", "_value", "_body")
+
+    def __init__(self, rev: int, kind: str, value: dict | None = None, *,
+                 body: bytes | memoryview | None = None, state: str | None = None,
+                 final: bool | None = None):
+        self.rev = rev
+        self.kind = kind  # "line" | "alert"
+        self._value = value
+        self._body = body
+        if value is not None:
+            state, final = value["state"], value["final"]
+        self.state: str = state  # type: ignore[assignment]
+        self.final: bool = final  # type: ignore[assignment]
+
+    @property
+    def value(self) -> dict:
+        if self._value is None:
+            self._value = orjson.loads(self._body)
+        return self._value
+
+    @property
+    def body(self) -> bytes | memoryview:
+        if self._body is None:
+            self._body = orjson.dumps(self._value)
+        return self._body
+
+    def same_as(self, value: dict) -> bool:
+        """Whether `value` is the message emitted last (what a diff asks)."""
+        if self._value is not None:
+            return self._value == value
+        return self._body == orjson.dumps(value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Emitted):
+            return NotImplemented
+        return (self.rev, self.kind, self.value) == (other.rev, other.kind, other.value)
+
+    def __repr__(self) -> str:
+        return f"Emitted(rev={self.rev}, kind={self.kind!r}, state={self.state!r})"
 
 
 @dataclass(slots=True)
@@ -64,16 +110,22 @@ class PatientState:
         return sum(1 for d in self.days.values() if d.closed_at is None)
 
     def to_bytes(self) -> bytes:
-        """Layout: u32 length + JSON header (patient, seen ids, days), then per record
-        u32 length + JSON `[event_type, field values in declaration order...]`."""
-        head = orjson.dumps({
-            "p": self.patient_id,
-            "s": self.seen,
-            "d": {k: [d.last_input_at, d.end_ts, d.settled_evaluated, d.closed_at,
-                      {key: [e.rev, e.kind, e.value] for key, e in d.emitted.items()}]
-                  for k, d in self.days.items()},
-        })
-        parts = [_U32.pack(len(head)), head]
+        """Layout 2: u32 length + JSON header (patient, seen ids, days with `[rev, kind,
+        state, final]` per emitted key), then per emitted key in header order u32 length +
+        its message's JSON, then per record u32 length + JSON `[event_type, field values in
+        declaration order...]`. (Layout 1, still read: the messages inside the header.)"""
+        bodies = []
+        days = {}
+        for k, d in self.days.items():
+            keys = {}
+            for key, e in d.emitted.items():
+                keys[key] = [e.rev, e.kind, e.state, e.final]
+                body = e.body
+                bodies.append(_U32.pack(len(body)))
+                bodies.append(body)
+            days[k] = [d.last_input_at, d.end_ts, d.settled_evaluated, d.closed_at, keys]
+        head = orjson.dumps({"p": self.patient_id, "s": self.seen, "d": days})
+        parts = [_U32.pack(len(head)), head, *bodies]
         enc = self._encoded
         fresh = {}
         for key, rec in self.records.items():
@@ -90,20 +142,34 @@ class PatientState:
         return b"".join(parts)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> PatientState:
+    def from_bytes(cls, data: bytes, layout: int = LAYOUT) -> PatientState:
         view = memoryview(data)
         (n,) = _U32.unpack_from(view, 0)
         obj = orjson.loads(view[4:4 + n])
         st = cls(obj["p"])
         st.seen = obj["s"]
-        for k, (last, end, settled, closed, em) in obj["d"].items():
-            st.days[k] = DayState(last, end, settled, closed,
-                                  {key: Emitted(rev, kind, value) for key, (rev, kind, value) in em.items()})
         pos = 4 + n
+        unpack = _U32.unpack_from
+        if layout == 1:
+            for k, (last, end, settled, closed, em) in obj["d"].items():
+                st.days[k] = DayState(last, end, settled, closed,
+                                      {key: Emitted(rev, kind, value)
+                                       for key, (rev, kind, value) in em.items()})
+        elif layout == LAYOUT:
+            for k, (last, end, settled, closed, em) in obj["d"].items():
+                emitted = {}
+                for key, (rev, kind, state, final) in em.items():
+                    (n,) = unpack(view, pos)
+                    emitted[key] = Emitted(rev, kind, body=view[pos + 4:pos + 4 + n],
+                                           state=state, final=final)
+                    pos += 4 + n
+                st.days[k] = DayState(last, end, settled, closed, emitted)
+        else:
+            raise ValueError(f"unknown patient state layout {layout}")
         end = len(data)
         records, enc = st.records, st._encoded
         while pos < end:
-            (n,) = _U32.unpack_from(view, pos)
+            (n,) = unpack(view, pos)
             blob = view[pos + 4:pos + 4 + n]  # kept as a view: join() takes it as is
             pos += 4 + n
             rec = _decode_record(orjson.loads(blob))

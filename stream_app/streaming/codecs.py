@@ -15,10 +15,10 @@ Nothing here does I/O; everything is unit-testable.
   original bytes, headers `o`, `t`, `p`, `f` as above).
   Tick messages (timed settle/close/retention work) have no key, an empty value and the
   header `k: tick`.
-* **Table values**: a 21-byte header (`version`, `next_due` as a double, NaN = nothing
-  due, `written_us`, `open_days`) followed by `PatientState.to_bytes()`. The header lets
-  the worker rebuild its due index and gauges after recovery without deserialising every
-  state.
+* **Table values**: a 21-byte header (`version`, which is also the layout of the state
+  bytes, `next_due` as a double, NaN = nothing due, `written_us`, `open_days`) followed
+  by `PatientState.to_bytes()`. The header lets the worker rebuild its due index and
+  gauges after recovery without deserialising every state.
 * **Outputs**: orjson of the engine's decision dicts, headers `content-type`, `schema`
   and (alerts) `work_queue`.
 * **Dead letters**: contract.md §3 plus `raw_base64` when the value is not valid UTF-8.
@@ -52,7 +52,10 @@ ALERT_SCHEMA = ("schema", b"chargecap.correction-alert.v1")
 LINE_HEADERS = [CONTENT_TYPE, LINE_SCHEMA]
 
 _STATE_HEADER = struct.Struct(">BdqI")
-STATE_VERSION = 1
+# The header's version is the layout of the PatientState bytes after it (state.LAYOUT):
+# 2 since emitted messages are kept as bytes; 1 is still read (values written before).
+STATE_VERSION = 2
+STATE_VERSIONS = (1, 2)
 STATE_HEADER_SIZE = _STATE_HEADER.size
 
 
@@ -71,9 +74,14 @@ def encode_state(
 def decode_state_header(value: bytes) -> tuple[float | None, int, int]:
     """(next_due, written_us, open_days) of a stored table value."""
     version, due, written, open_days = _STATE_HEADER.unpack_from(value, 0)
-    if version != STATE_VERSION:
+    if version not in STATE_VERSIONS:
         raise ValueError(f"unknown table value version {version}")
     return (None if math.isnan(due) else due), written, open_days
+
+
+def state_version(value: bytes) -> int:
+    """The layout of the PatientState bytes of a stored table value."""
+    return value[0]
 
 
 def state_payload(value: bytes) -> memoryview | bytes:

@@ -235,7 +235,8 @@ class Stage2:
         if raw is None:
             return None, 0
         _due, _written, open_days = codecs.decode_state_header(raw)
-        return self.state_cls.from_bytes(bytes(codecs.state_payload(raw))), open_days
+        return self.state_cls.from_bytes(bytes(codecs.state_payload(raw)),
+                                         codecs.state_version(raw)), open_days
 
     def _store(self, p: PartitionIndex, table: TableAccess, key: bytes, state, old_open: int,
                batch_us: int) -> None:

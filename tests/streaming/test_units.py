@@ -124,7 +124,7 @@ class _State:
         return orjson.dumps([self.pid, self.events, self.due])
 
     @classmethod
-    def from_bytes(cls, b):
+    def from_bytes(cls, b, layout=None):
         return cls(*orjson.loads(b))
 
 
@@ -252,7 +252,7 @@ def test_bad_rule_data_fails_start_up_cleanly(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--partitions", "--batch-size", "--fetch-min-bytes",
-                                  "--fetch-max-wait"])
+                                  "--fetch-max-wait", "--stream-buffer"])
 def test_tuning_flags_validated(flag):
     import argparse
 
