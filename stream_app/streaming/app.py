@@ -80,9 +80,9 @@ class StreamOptions:
     batch_size: int = 2000  # max messages per stage-1 batch
     # Stage 2 reads bundles (one per repartition partition and stage-1 batch: ~330
     # records each under backlog), so its batches and its stream queue are bounded in
-    # bundles, ~2,000 records per batch as before bundles. Larger batches and buffers
-    # (10k-20k messages, 4 MB fetches) were faster but cost 400-900 B of resident memory
-    # per open patient-day (docs/performance.md, "Session 5").
+    # bundles, ~2,000 records per batch as before bundles. Larger batches and 4 MB
+    # fetches were faster but cost 400-900 B of resident memory per open patient-day
+    # (docs/performance.md, "Session 5").
     stage2_batch_bundles: int = 6
     stage2_queue_bundles: int = 16
     batch_within: float = 0.02  # seconds a stage waits to fill a batch
@@ -92,7 +92,11 @@ class StreamOptions:
     producer_linger: float = 0.005
     max_request_size: int = 16 * 1024 * 1024
     max_batch_bytes: int = 4 * 1024 * 1024
-    stream_buffer_maxsize: int = 4096
+    # Faust pauses the input partitions at 80 % of this many buffered messages; at 4,096
+    # a backlog kept pausing and resuming them (one Faust agent doing the raw loop's work
+    # moved 7.4k events/s at 4,096, 14.7k at 20,000; the pipeline +13 %). The buffer is
+    # empty, and its memory handed back (memtrim.py), once the backlog is worked off.
+    stream_buffer_maxsize: int = 20_000
     # While records flow, fetches are held until this many bytes are ready or the wait is
     # over; after an empty fetch they are answered at the first byte (fetchpace.py).
     fetch_min_bytes: int = 16 * 1024

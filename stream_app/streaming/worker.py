@@ -26,7 +26,7 @@ _TUNING = (
     ("partitions", "--partitions", int, 6, "partitions of the repartition topic / table"),
     ("batch_size", "--batch-size", int, 2000, "max messages per processing batch"),
     ("batch_within", "--batch-within", float, 0.02, "seconds to wait to fill a batch"),
-    ("stream_buffer_maxsize", "--stream-buffer", int, 4096,
+    ("stream_buffer_maxsize", "--stream-buffer", int, 20000,
      "input messages Faust buffers per stream before pausing its partitions"),
     ("session_timeout", "--session-timeout", float, 30.0, "Kafka consumer session timeout (s)"),
     ("heartbeat_interval", "--heartbeat-interval", float, 3.0, "consumer heartbeat (s)"),
