@@ -198,6 +198,7 @@ class _AdminFacts:
     code: str | None = None  # the derived administration code
     no_code_reason: str | None = None
     lines: list[Line] = field(default_factory=list)
+    grouped_events: tuple[str, ...] = ()  # other records' events its line reports (95117)
     drug_billable: bool = False  # _drug_billable(), asked by both drug lines and checks
 
 
@@ -397,6 +398,9 @@ class Evaluator:
                 elif cat == "allergen_immunotherapy":
                     if allergen and allergen[0] is f:
                         code = d.allergen_immunotherapy["one" if len(allergen) == 1 else "two_or_more"]
+                        # 95117 reports every allergen injection of the day: its line names
+                        # each of their events, not only the first's.
+                        f.grouped_events = tuple(g.rec.event_id for g in allergen[1:])
                     else:
                         why = "allergen_grouped"
                 else:
@@ -485,7 +489,8 @@ class Evaluator:
         events = (rec.event_id,)
         code = self._line_code(f)
         if code:
-            f.lines.append(self._line(patient_id, day, rec, ROLE_ADMIN, code, [], 1, events))
+            f.lines.append(self._line(patient_id, day, rec, ROLE_ADMIN, code, [], 1,
+                                      events + f.grouped_events))
             if f.route == nz.IV_INFUSION and rec.ended_at is not None and code == f.code:
                 hours = self._additional_infusion_hours(_minutes(rec.occurred_at, rec.ended_at))
                 if hours:

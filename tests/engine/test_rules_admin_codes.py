@@ -195,6 +195,26 @@ def test_two_allergen_injections_are_one_95117_line():
     assert _admin_codes(res) == [("95117", 1)]
 
 
+def test_the_95117_line_names_every_allergen_injection_it_reports():
+    # One line for the day's allergen injections: a coder tracing it back must find each
+    # of them, and each injection's event is decided when the line is (not only once the
+    # first injection is withdrawn and the next one gets a line of its own).
+    ag = {"name": "allergen extract", "category": "allergen_immunotherapy", "hcpcs": DROP,
+          "ndc": DROP}
+    recs = [admin_raw(time="09:00", drug=ag, event_id="ev-a1", record_id="mar-a1"),
+            admin_raw(time="09:15", drug={**ag, "name": "mold extract"}, event_id="ev-a2",
+                      record_id="mar-a2"),
+            admin_raw(time="09:20", route="IM", drug={"name": "ketorolac"}, event_id="ev-k",
+                      record_id="mar-k")]
+    res = run(recs)
+    assert res.line("95117")["source_event_ids"] == ["ev-a1", "ev-a2"]
+    assert res.line("96372")["source_event_ids"] == ["ev-k"]
+    withdrawn = {**recs[0], "event_id": "ev-a1-wd", "status": "entered-in-error",
+                 "recorded_at": at("12:00")}
+    res = run([*recs, withdrawn])
+    assert res.line("95115")["source_event_ids"] == ["ev-a2"]
+
+
 def test_antineoplastic_sc_im_is_96401():
     res = run([admin_raw(route="SC", drug={"category": "antineoplastic"})])
     assert _admin_codes(res) == [("96401", 1)]
