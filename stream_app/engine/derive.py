@@ -198,7 +198,7 @@ class _AdminFacts:
     code: str | None = None  # the derived administration code
     no_code_reason: str | None = None
     lines: list[Line] = field(default_factory=list)
-    grouped_events: tuple[str, ...] = ()  # other records' events its line reports (95117)
+    grouped_events: tuple[str, ...] = ()  # other records its line reports (95117, repeat pushes)
     drug_billable: bool = False  # _drug_billable(), asked by both drug lines and checks
 
 
@@ -373,6 +373,7 @@ class Evaluator:
         has_infusion = any(f.route == nz.IV_INFUSION and not f.duplicate for f in day_facts)
         initial_taken = False
         last_push_at: dict[str, object] = {}
+        push_line_of: dict[str, _AdminFacts] = {}  # drug -> the push whose line covers its repeats
         vaccine_seen = False
         allergen = [f for f in day_facts if f.rec.drug.category == "allergen_immunotherapy"
                     and f.route in (nz.IM, nz.SC) and not f.duplicate]
@@ -412,6 +413,10 @@ class Evaluator:
                 prev = last_push_at.get(f.drug_id)
                 if prev is not None and _minutes(prev, rec.occurred_at) < d.same_drug_push_window_minutes:
                     why = "same_push"
+                    owner = push_line_of.get(f.drug_id)
+                    if commit and owner is not None and owner.code:
+                        # part of that push: its line names this record's event too
+                        owner.grouped_events += (rec.event_id,)
                 elif prev is not None:
                     why = "facility_only"  # 96376: facility claims only, no professional line
                 elif has_infusion or initial_taken:
@@ -421,6 +426,8 @@ class Evaluator:
                     initial_taken = initial_taken or commit
                 if commit:
                     last_push_at[f.drug_id] = rec.occurred_at
+                    if why != "same_push":
+                        push_line_of[f.drug_id] = f
             f.code, f.no_code_reason = code, why
         for f in day_facts:
             self._administration_lines(patient_id, day, f)

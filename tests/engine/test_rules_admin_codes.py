@@ -64,6 +64,16 @@ def test_same_drug_pushed_again_within_30_min_is_part_of_the_first(gap, expected
     assert res.reasons() == expected_reasons
 
 
+def test_the_push_line_names_the_repeats_it_includes():
+    # 09:00 initial push; 09:10 and 09:35 (25 min after the last one) are part of it;
+    # 10:10 is >= 30 min after the last push: 96376, facility only, not part of the line,
+    # and 10:20 is part of that facility-only push, not of the professional line.
+    res = run([_iv(t, None, route="IV_PUSH", event_id=f"ev-{t}", record_id=f"mar-{t}")
+               for t in ("09:00", "09:10", "09:35", "10:10", "10:20")])
+    assert _admin_codes(res) == [("96374", 1)]
+    assert res.line("96374")["source_event_ids"] == ["ev-09:00", "ev-09:10", "ev-09:35"]
+
+
 @pytest.mark.parametrize("gap", [30, 45])
 def test_same_drug_pushed_again_30_min_or_later_derives_no_line(gap):
     # would be 96376, which professional claims do not carry: no line, and no alert
