@@ -343,6 +343,16 @@ def histogram_quantile(samples, name: str, q: float) -> float | None:
     return bounds[-2] if len(bounds) > 1 else None
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM (a Faust worker stops cleanly on it), SIGKILL if still there after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 class Worker:
     """`python -m stream_app worker` as a subprocess, with its metrics and its RSS."""
 
@@ -475,12 +485,8 @@ class Worker:
         self.stop_profile()
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            terminate(self.proc)
         finally:
             self._log.close()
 
@@ -577,7 +583,7 @@ async def phase_faust(bootstrap: str, prefix: str, n: int, workdir: Path, app_id
                                 start_new_session=True)
         try:
             t0 = time.monotonic()
-            cpu0 = None
+            cpu0 = cpu_seconds_of(proc.pid)
             async with Probe(bootstrap) as probe:
                 produced, last_change, last = 0, time.monotonic(), -1
                 while produced < n or time.monotonic() - last_change < quiet:
@@ -586,8 +592,6 @@ async def phase_faust(bootstrap: str, prefix: str, n: int, workdir: Path, app_id
                                            f"log: {log_path.read_text(errors='replace')[-2000:]}")
                     if time.monotonic() - t0 > timeout:
                         raise TimeoutError(f"faust passthrough: {produced}/{n} after {timeout:.0f} s")
-                    if cpu0 is None:
-                        cpu0 = cpu_seconds_of(proc.pid)
                     produced = sum((await probe.end_offsets([out_topic])).values())
                     if produced != last:
                         last, last_change = produced, time.monotonic()
@@ -596,12 +600,7 @@ async def phase_faust(bootstrap: str, prefix: str, n: int, workdir: Path, app_id
                 first = await probe.edge_timestamps([out_topic], last=False)
                 end = await probe.edge_timestamps([out_topic], last=True)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            terminate(proc)
     if produced != n:
         raise RuntimeError(f"faust passthrough produced {produced} of {n}")
     seconds = (max(end) - min(first)) / 1000.0

@@ -3,7 +3,7 @@
 `raw_passthrough.py` is the limit of a plain aiokafka loop. This is the same work — read
 the input topics, `orjson.loads` each value, re-key by `patient_id`, send the original
 bytes to one output topic — done the way the worker's stage 1 does its I/O: the worker's
-Faust app (`build_faust_app` with the default `StreamOptions`, the delivery fast path,
+Faust app (`build_worker_app`: its settings and tuning flags, the delivery fast path,
 paced fetches, strict commits), batches taken with `take_batches` of the same size and
 wait, sent with `send_batched` and acknowledged only once delivered. No validation, no
 state, no second stage: whatever the pipeline does beyond this is chargecap's own work,
@@ -26,30 +26,15 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream_app.config import INPUT_TOPICS, settings_from_args  # noqa: E402
-from stream_app.streaming import fastpath  # noqa: E402
-from stream_app.streaming.app import (  # noqa: E402
-    StreamOptions,
-    build_faust_app,
-    make_producer_idempotent,
-)
+from stream_app.streaming.app import build_worker_app  # noqa: E402
 from stream_app.streaming.batching import ack_batch, send_batched, take_batches  # noqa: E402
-from stream_app.streaming.commits import OffsetAudit, StrictCommits  # noqa: E402
-from stream_app.streaming.fetchpace import FetchPace, pace_fetches  # noqa: E402
-from stream_app.streaming.seekguard import guard_seeks  # noqa: E402
 from stream_app.streaming.worker import add_arguments, stream_options, tune_gc  # noqa: E402
 
 
-def build(args: argparse.Namespace, opts: StreamOptions | None = None):
+def build(args: argparse.Namespace):
     settings = settings_from_args(args)
-    opts = opts or StreamOptions()
-    app = build_faust_app(settings, opts)
-    guard_seeks(app.consumer)
-    StrictCommits(app.consumer, OffsetAudit(
-        settings.bootstrap_servers, client_id=f"{settings.app_id}-audit",
-        **settings.aiokafka_security_kwargs())).install()
-    make_producer_idempotent(app)
-    pace_fetches(app, FetchPace(opts.fetch_min_bytes, opts.fetch_max_wait))
-    fastpath.install(app)
+    opts = stream_options(args)
+    app, _commits = build_worker_app(settings, opts)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
     inputs = app.topic(*(settings.topic(t) for t in INPUT_TOPICS), **raw)
@@ -74,12 +59,12 @@ def build(args: argparse.Namespace, opts: StreamOptions | None = None):
     return app
 
 
-def main(argv=None, opts: StreamOptions | None = None) -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output topic (must exist)")
     add_arguments(ap)  # the worker's settings and tuning flags
     args = ap.parse_args(argv)
-    app = build(args, opts or stream_options(args))
+    app = build(args)
     import faust
 
     tune_gc()

@@ -155,6 +155,24 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
     )
 
 
+def build_worker_app(settings: Settings, opts: StreamOptions) -> tuple[faust.App, StrictCommits]:
+    """The Faust app with everything the worker's consumption and production rely on (no
+    agents yet); benchmarks/faust_passthrough.py measures Faust's ceiling with it."""
+    app = build_faust_app(settings, opts)
+    # Rebalances must not lose input: seeks wait for the batch in hand, and a commit
+    # crosses only processed records or holes Kafka confirms (commits.py).
+    guard_seeks(app.consumer)
+    commits = StrictCommits(
+        app.consumer,
+        OffsetAudit(settings.bootstrap_servers, client_id=f"{settings.app_id}-audit",
+                    **settings.aiokafka_security_kwargs()),
+    ).install()
+    make_producer_idempotent(app)
+    pace_fetches(app, FetchPace(opts.fetch_min_bytes, opts.fetch_max_wait))
+    fastpath.install(app)
+    return app, commits
+
+
 def make_producer_idempotent(app: faust.App) -> None:
     """acks=all and an idempotent producer without Faust's exactly_once mode: a produce
     retried after a broker or network failure can then not write a message twice (a
@@ -309,18 +327,8 @@ class ChargecapStreams:
         self.opts = opts = opts or StreamOptions()
         self.engine = engine
         self.metrics = metrics
-        self.app = app = build_faust_app(settings, opts)
-        # Rebalances must not lose input: seeks wait for the batch in hand, and a commit
-        # crosses only processed records or holes Kafka confirms (commits.py).
-        guard_seeks(app.consumer)
-        self.commits = StrictCommits(
-            app.consumer,
-            OffsetAudit(settings.bootstrap_servers, client_id=f"{settings.app_id}-audit",
-                        **settings.aiokafka_security_kwargs()),
-        ).install()
-        make_producer_idempotent(app)
-        pace_fetches(app, FetchPace(opts.fetch_min_bytes, opts.fetch_max_wait))
-        fastpath.install(app)
+        self.app, self.commits = build_worker_app(settings, opts)
+        app = self.app
         self.input_names = tuple(settings.topic(t) for t in INPUT_TOPICS)
         self.origin_of = {name: i for i, name in enumerate(self.input_names)}
         self.lines_topic = settings.topic(TOPIC_CHARGE_LINES)

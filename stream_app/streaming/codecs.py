@@ -33,6 +33,8 @@ import zlib
 
 import orjson
 
+from stream_app.engine.state import LAYOUT
+
 # Header names on the internal repartition topic.
 H_ORIGIN = "o"
 H_TS = "t"
@@ -52,10 +54,10 @@ ALERT_SCHEMA = ("schema", b"chargecap.correction-alert.v1")
 LINE_HEADERS = [CONTENT_TYPE, LINE_SCHEMA]
 
 _STATE_HEADER = struct.Struct(">BdqI")
-# The header's version is the layout of the PatientState bytes after it (state.LAYOUT):
-# 2 since emitted messages are kept as bytes; 1 is still read (values written before).
-STATE_VERSION = 2
-STATE_VERSIONS = (1, 2)
+# The header's version is the layout of the PatientState bytes after it: 2 since emitted
+# messages are kept as bytes; 1 is still read (values written before).
+STATE_VERSION = LAYOUT
+STATE_VERSIONS = (1, LAYOUT)
 STATE_HEADER_SIZE = _STATE_HEADER.size
 
 

@@ -21,27 +21,28 @@ from stream_app.config import ConfigError, add_settings_arguments, settings_from
 
 log = logging.getLogger("stream_app.worker")
 
-# Worker tuning beyond contract.md §6: flag, env var, type, default, help.
+# Worker tuning beyond contract.md §6: StreamOptions field, flag, help (the default and
+# its type are the field's).
 _TUNING = (
-    ("partitions", "--partitions", int, 6, "partitions of the repartition topic / table"),
-    ("batch_size", "--batch-size", int, 2000, "max messages per processing batch"),
-    ("batch_within", "--batch-within", float, 0.02, "seconds to wait to fill a batch"),
-    ("stream_buffer_maxsize", "--stream-buffer", int, 20000,
+    ("partitions", "--partitions", "partitions of the repartition topic / table"),
+    ("batch_size", "--batch-size", "max messages per processing batch"),
+    ("batch_within", "--batch-within", "seconds to wait to fill a batch"),
+    ("stream_buffer_maxsize", "--stream-buffer",
      "input messages Faust buffers per stream before pausing its partitions"),
-    ("session_timeout", "--session-timeout", float, 30.0, "Kafka consumer session timeout (s)"),
-    ("heartbeat_interval", "--heartbeat-interval", float, 3.0, "consumer heartbeat (s)"),
-    ("rebalance_timeout", "--rebalance-timeout", float, 60.0, "consumer rebalance timeout (s)"),
-    ("fetch_min_bytes", "--fetch-min-bytes", int, 16384,
+    ("session_timeout", "--session-timeout", "Kafka consumer session timeout (s)"),
+    ("heartbeat_interval", "--heartbeat-interval", "consumer heartbeat (s)"),
+    ("rebalance_timeout", "--rebalance-timeout", "consumer rebalance timeout (s)"),
+    ("fetch_min_bytes", "--fetch-min-bytes",
      "while records flow, bytes the broker gathers before answering a fetch (1: at once)"),
-    ("fetch_max_wait", "--fetch-max-wait", float, 0.005,
+    ("fetch_max_wait", "--fetch-max-wait",
      "while records flow, seconds the broker may hold a fetch for --fetch-min-bytes"),
-    ("replication_factor", "--replication-factor", int, 1,
+    ("replication_factor", "--replication-factor",
      "replication factor of the internal topics (repartition, table changelog)"),
-    ("startup_timeout", "--startup-timeout", float, 300.0,
+    ("startup_timeout", "--startup-timeout",
      "seconds to keep retrying the broker at start-up before giving up"),
-    ("state_cache", "--state-cache", int, 512,
+    ("state_cache", "--state-cache",
      "decoded patient states kept in memory between batches (0: none)"),
-    ("malloc_trim_interval", "--malloc-trim-interval", float, 2.0,
+    ("malloc_trim_interval", "--malloc-trim-interval",
      "seconds between handing freed heap memory back to the OS (0: never)"),
 )
 # Tuning values for which 0 means "off" rather than being invalid.
@@ -54,10 +55,13 @@ def _env(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
+    from stream_app.streaming.app import StreamOptions
+
+    defaults = StreamOptions()
     group = parser.add_argument_group("worker tuning (flag > CHARGECAP_* environment > default)")
-    for name, flag, _typ, default, help_text in _TUNING:
+    for name, flag, help_text in _TUNING:
         group.add_argument(flag, dest=name, default=None, metavar=name.upper(),
-                           help=f"{help_text} [env {_env(name)}, default {default}]")
+                           help=f"{help_text} [env {_env(name)}, default {getattr(defaults, name)}]")
     group.add_argument("--loglevel", dest="faust_loglevel", default=None,
                        help="Faust worker log level (default: the global --log-level)")
 
@@ -67,7 +71,9 @@ def stream_options(args: argparse.Namespace | None, environ=None):
 
     env = os.environ if environ is None else environ
     values = {}
-    for name, flag, typ, _default, _help in _TUNING:
+    defaults = StreamOptions()
+    for name, flag, _help in _TUNING:
+        typ = type(getattr(defaults, name))
         raw = getattr(args, name, None) if args is not None else None
         source = flag
         if raw is None and env.get(_env(name)):
