@@ -18,10 +18,8 @@ from pathlib import Path
 import orjson
 
 from stream_app.engine.core import Engine
-from stream_app.engine.derive import Derivation
-from stream_app.engine.engine import LINE, EngineSettings
+from stream_app.engine.engine import LINE
 from stream_app.engine.records import DeadLetter, parse_record
-from stream_app.engine.ruledata import RuleSet
 from stream_app.engine.state import PatientState
 
 # Records are handed to the engine per patient in chunks of this many input lines, as
@@ -151,12 +149,6 @@ def summary(res: ReplayResult) -> str:
     return "\n".join(out)
 
 
-def build_engine(settings) -> Engine:
-    rules = RuleSet.load(settings.rules_dir)
-    return Engine(rules, EngineSettings(settings.settle_seconds, settings.close_after_seconds,
-                                        settings.retention_days, settings.timezone),
-                  Derivation.load(settings.rules_dir))
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from stream_app.config import add_settings_arguments
@@ -171,6 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from stream_app.config import settings_from_args
     from stream_app.engine.ruledata import RuleDataError
+    from stream_app.runtime import build_engine
 
     settings = settings_from_args(args)
     try:

@@ -96,7 +96,7 @@ def build(settings, opts):
     """Rule data, engine, metrics and the Faust streams (raises RuleDataError)."""
     from stream_app.engine.state import PatientState
     from stream_app.metrics import Metrics
-    from stream_app.replay import build_engine  # the same engine construction as replay
+    from stream_app.runtime import build_engine
     from stream_app.streaming.app import ChargecapStreams
 
     engine = build_engine(settings)

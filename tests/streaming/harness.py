@@ -249,7 +249,8 @@ class OutputReader:
 def replay_view(tmp_path: Path, messages, *, settle: float = 1.0, close_after: float = 0.0):
     """The settled view `replay` gives for the same message values (NDJSON, send order)."""
     from stream_app.config import Settings
-    from stream_app.replay import build_engine, replay
+    from stream_app.replay import replay
+    from stream_app.runtime import build_engine
 
     path = Path(tmp_path) / "input.ndjson"
     with open(path, "wb") as f:
