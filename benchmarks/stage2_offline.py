@@ -30,7 +30,7 @@ from stream_app.engine.engine import EngineSettings  # noqa: E402
 from stream_app.engine.records import DeadLetter, parse_record  # noqa: E402
 from stream_app.engine.ruledata import RuleSet  # noqa: E402
 from stream_app.engine.state import PatientState  # noqa: E402
-from stream_app.generate import generate_stream  # noqa: E402
+from stream_app.devtools.generate import generate_stream  # noqa: E402
 from stream_app.streaming import codecs  # noqa: E402
 from stream_app.streaming.processor import Item, Stage2, TableAccess, patient_key  # noqa: E402
 

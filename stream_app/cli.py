@@ -23,8 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("stream_app.streaming.worker", "run the Faust worker against Kafka"),
     "topics": ("stream_app.topics", "create/update the topics of topics/ (topics apply)"),
     "replay": ("stream_app.replay", "run the engine over NDJSON files, write the decisions"),
-    "generate": ("stream_app.generate", "write or produce a synthetic EHR event stream"),
-    "demo": ("stream_app.demo", "end-to-end demo on the local Kafka"),
+    "generate": ("stream_app.devtools.generate", "write or produce a synthetic EHR event stream"),
+    "demo": ("stream_app.devtools.demo", "end-to-end demo on the local Kafka"),
 }
 
 EXIT_UNAVAILABLE = 2

@@ -34,7 +34,7 @@ import orjson
 import pytest
 
 from stream_app.config import SASL_MECHANISMS, settings_from_args
-from stream_app.generate import generate_stream
+from stream_app.devtools.generate import generate_stream
 from stream_app.metrics import (
     ALERT_STATES,
     CODE_FAMILIES,

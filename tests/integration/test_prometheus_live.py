@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from stream_app.generate import generate_stream
+from stream_app.devtools.generate import generate_stream
 from stream_app.metrics import PAYER_CLASSES
 from stream_app.topics import apply_topics
 from tests.conftest import delete_topics_with_prefix, make_unique_name

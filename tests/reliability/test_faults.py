@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from stream_app.generate import generate_stream
+from stream_app.devtools.generate import generate_stream
 from tests.reliability.helpers import (
     INPUT_TOPICS,
     PrivateBroker,

@@ -10,7 +10,7 @@ import random
 import orjson
 import pytest
 
-from stream_app.generate import generate_messages
+from stream_app.devtools.generate import generate_messages
 from tests.streaming.harness import (
     DEAD,
     OutputReader,

@@ -195,7 +195,7 @@ def _show(line: str, tty: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_app.generate import generate_messages
+    from stream_app.devtools.generate import generate_messages
     from stream_app.topics import apply_topics
 
     settings = settings_from_args(args)

@@ -15,7 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_app import generate as g
+from stream_app.devtools import generate as g
+from stream_app.devtools.generate import catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,23 +231,23 @@ def test_records_parse_with_the_engine_parser(rich):
 
 
 def test_npi_check_digit_matches_cms_example():
-    assert g.npi_check_digit("123456789") == "3"  # CMS example NPI 1234567893
-    assert luhn_npi("1234567893") and g.npi_is_valid("1234567893")
-    assert not g.npi_is_valid("1234567890")
+    assert catalogue.npi_check_digit("123456789") == "3"  # CMS example NPI 1234567893
+    assert luhn_npi("1234567893") and catalogue.npi_is_valid("1234567893")
+    assert not catalogue.npi_is_valid("1234567890")
 
 
 def test_ndc_label_to_11():
-    assert g.ndc_label_to_11("0002-7597-01") == "00002759701"
-    assert g.ndc_label_to_11("50242-040-62") == "50242004062"
-    assert g.ndc_label_to_11("60575-4112-1") == "60575411201"
+    assert catalogue.ndc_label_to_11("0002-7597-01") == "00002759701"
+    assert catalogue.ndc_label_to_11("50242-040-62") == "50242004062"
+    assert catalogue.ndc_label_to_11("60575-4112-1") == "60575411201"
 
 
 def test_drug_catalogue_is_consistent():
-    for spec in (*g.IMSC_DRUGS, *g.PUSH_DRUGS, *g.INFUSION_DRUGS, *g.VACCINES, *g.ALLERGENS,
-                 *g.ORAL_DRUGS):
+    for spec in (*catalogue.IMSC_DRUGS, *catalogue.PUSH_DRUGS, *catalogue.INFUSION_DRUGS,
+                 *catalogue.VACCINES, *catalogue.ALLERGENS, *catalogue.ORAL_DRUGS):
         for product in spec.products:
             assert NDC_OK.fullmatch(product.ndc) and "-" in product.ndc
-            assert len(g.ndc_label_to_11(product.ndc)) == 11
+            assert len(catalogue.ndc_label_to_11(product.ndc)) == 11
         if spec.category == "vaccine":
             assert spec.hcpcs is None
 
