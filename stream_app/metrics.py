@@ -1,9 +1,9 @@
-"""Prometheus metrics of contract.md §7, and the `/metrics` + `/healthz` HTTP endpoint.
+"""Prometheus metrics of contract.md §7: the registry and the recording API.
 
 Every metric lives on a dedicated `CollectorRegistry` owned by a `Metrics` instance (never
 the process-global default registry), so tests, `replay` and the worker can each have their
-own. The worker serves it with `serve()`; `replay --metrics FILE` writes it once with
-`write_textfile()`.
+own. The worker serves it over HTTP with `stream_app.metrics_server.serve()`; `replay
+--metrics FILE` writes it once with `write_textfile()`.
 
 Label values are always drawn from bounded sets (see the module constants): anything
 outside a set is mapped to `unknown` (payer class) or `other` (everything else). Labels
@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -34,76 +32,32 @@ from prometheus_client import (
     Histogram,
     write_to_textfile,
 )
-from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
+
+from stream_app.vocabulary import (
+    ALERT_STATES,
+    DEAD_LETTER_CODES,
+    INPUT_TOPICS,
+    LINE_STATES,
+    OUTPUT_TOPICS,
+    PAYER_CLASSES,
+    REASON_ROUTING,
+    SEVERITIES,
+    WORK_QUEUES,
+)
 
 # --------------------------------------------------------------------------- label sets
 
-DEFAULT_INPUT_TOPICS: tuple[str, ...] = (
-    "ehr.medication-administrations",
-    "ehr.em-services",
-    "pharmacy.dispenses",
-)
-DEFAULT_OUTPUT_TOPICS: tuple[str, ...] = (
-    "billing.charge-lines",
-    "billing.correction-alerts",
-    "billing.dead-letters",
-)
-
-PAYER_CLASSES: tuple[str, ...] = ("medicare", "medicaid", "commercial", "workers_comp", "self_pay")
+# The contract's values come from the vocabulary; OUTCOMES and CODE_FAMILIES are the
+# metrics' own label sets (contract.md §7).
+DEFAULT_INPUT_TOPICS: tuple[str, ...] = INPUT_TOPICS
+DEFAULT_OUTPUT_TOPICS: tuple[str, ...] = OUTPUT_TOPICS
+# reason_code -> (possible severities, work queue), contract.md §3 "Reason codes".
+REASON_CODES: Mapping[str, tuple[tuple[str, ...], str]] = REASON_ROUTING
 UNKNOWN = "unknown"
 OTHER = "other"
-
-WORK_QUEUES: tuple[str, ...] = (
-    "coding",
-    "clinical_documentation",
-    "pharmacy",
-    "facility_billing",
-    "compliance",
-)
-SEVERITIES: tuple[str, ...] = ("block", "warn")
-LINE_STATES: tuple[str, ...] = ("active", "void")
-ALERT_STATES: tuple[str, ...] = ("open", "resolved")
 OUTCOMES: tuple[str, ...] = ("charge_line", "alert")
-
-# reason_code -> (possible severities, work queue), contract.md §3 "Reason codes".
-REASON_CODES: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "WRONG_ADMIN_CODE": (("block",), "coding"),
-    "NOT_SEPARATELY_BILLABLE": (("block",), "coding"),
-    "NON_INJECTION_ROUTE": (("block",), "coding"),
-    "FACILITY_SETTING": (("block",), "facility_billing"),
-    "EM_99211_SAME_DAY": (("block",), "coding"),
-    "EM_MISSING_MODIFIER_25": (("block",), "coding"),
-    "EM_NOT_SEPARATELY_IDENTIFIABLE": (("block",), "clinical_documentation"),
-    "MODIFIER_NOT_ALLOWED": (("block",), "coding"),
-    "MISSING_NDC": (("block",), "pharmacy"),
-    "INVALID_NDC": (("block",), "pharmacy"),
-    "NDC_MISMATCH": (("warn",), "pharmacy"),
-    "MISSING_DOCUMENTATION": (("block",), "clinical_documentation"),
-    "MISSING_DIAGNOSIS": (("block",), "clinical_documentation"),
-    "INVALID_DIAGNOSIS_CODE": (("block",), "coding"),
-    "INVALID_NPI": (("block",), "compliance"),
-    "MISSING_SUPERVISION": (("block",), "compliance"),
-    "DUPLICATE_SERVICE": (("block",), "coding"),
-    "MUE_EXCEEDED": (("warn", "block"), "coding"),
-    "FREQUENCY_LIMIT": (("warn", "block"), "coding"),
-    "WASTE_MODIFIER_MISSING": (("block",), "pharmacy"),
-    "DRUG_UNITS_UNKNOWN": (("warn",), "pharmacy"),
-    "ADDON_WITHOUT_PRIMARY": (("block",), "coding"),
-    "FACILITY_ONLY_CODE": (("block",), "coding"),
-}
-
-# contract.md §3 "Dead letters".
-DEAD_LETTER_CODES: tuple[str, ...] = (
-    "INVALID_JSON",
-    "NOT_AN_OBJECT",
-    "MISSING_FIELD",
-    "WRONG_TYPE",
-    "INVALID_TIMESTAMP",
-    "UNKNOWN_EVENT_TYPE",
-    "TOO_LARGE",
-    "INVALID_ENCODING",
-)
 
 CODE_FAMILIES: tuple[str, ...] = (
     "96372",
@@ -581,132 +535,3 @@ def write_textfile(metrics: Metrics, path: str) -> None:
     """Write the registry to `path` atomically (for `replay --metrics FILE`; the format is
     what node_exporter's textfile collector reads)."""
     write_to_textfile(str(path), metrics.registry)
-
-
-# --------------------------------------------------------------------------- HTTP
-
-
-def parse_addr(addr: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port`, `:port` (all interfaces) or `port` -> (host, port)."""
-    a = addr.strip()
-    if a.startswith("["):
-        host, _, rest = a[1:].partition("]")
-        if not rest.startswith(":"):
-            raise ValueError(f"bad metrics address {addr!r}: expected [host]:port")
-        port_s = rest[1:]
-    elif ":" in a:
-        host, _, port_s = a.rpartition(":")
-        host = host or "0.0.0.0"
-    else:
-        host, port_s = "127.0.0.1", a
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"bad metrics address {addr!r}: port must be a number") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"bad metrics address {addr!r}: port out of range")
-    return host, port
-
-
-class MetricsServer:
-    """A running `/metrics` + `/healthz` server (see `serve`)."""
-
-    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
-        self._httpd = httpd
-        self._thread = thread
-        self.host: str = httpd.server_address[0]
-        self.port: int = httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-
-def serve(
-    metrics: Metrics,
-    addr: str = "127.0.0.1:9108",
-    ready: Callable[[], bool] | None = None,
-) -> MetricsServer:
-    """Start a daemon thread serving `GET /metrics` and `GET /healthz` on `addr`.
-
-    `/healthz` answers 200 `ready` when `ready()` is true, else 503 `not ready` (also when
-    `ready()` raises). `ready=None` means always ready. Port 0 picks a free port; the
-    returned object has `.port`, `.host`, `.url` and `.close()`.
-    """
-    host, port = parse_addr(addr)
-    registry = metrics.registry
-    is_ready = ready if ready is not None else (lambda: True)
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "chargecap"
-        sys_version = ""
-
-        def _send(self, status: int, body: bytes, ctype: str, head: bool) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-
-        def _handle(self, head: bool) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                try:
-                    body = encoder(registry)
-                except Exception:  # noqa: BLE001 - never let a collector kill the server
-                    self._send(500, b"metrics collection failed\n", "text/plain", head)
-                    return
-                self._send(200, body, ctype, head)
-            elif path == "/healthz":
-                try:
-                    ok = bool(is_ready())
-                except Exception:  # noqa: BLE001
-                    ok = False
-                if ok:
-                    self._send(200, b"ready\n", "text/plain; charset=utf-8", head)
-                else:
-                    self._send(
-                        HTTPStatus.SERVICE_UNAVAILABLE,
-                        b"not ready\n",
-                        "text/plain; charset=utf-8",
-                        head,
-                    )
-            else:
-                self._send(404, b"not found\n", "text/plain; charset=utf-8", head)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            self._handle(head=False)
-
-        def do_HEAD(self) -> None:  # noqa: N802
-            self._handle(head=True)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass  # no access log: scrapes every 15 s would drown the worker's log
-
-    server_cls = ThreadingHTTPServer
-    if ":" in host:
-        import socket
-
-        class _V6Server(ThreadingHTTPServer):
-            address_family = socket.AF_INET6
-
-        server_cls = _V6Server
-    httpd = server_cls((host, port), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(
-        target=httpd.serve_forever,
-        name="chargecap-metrics",
-        kwargs={"poll_interval": 0.2},
-        daemon=True,
-    )
-    thread.start()
-    return MetricsServer(httpd, thread)

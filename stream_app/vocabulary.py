@@ -145,3 +145,35 @@ PROCESSING_ERROR = "PROCESSING_ERROR"
 DEAD_LETTER_CODES = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE,
                      INVALID_TIMESTAMP, UNKNOWN_EVENT_TYPE, TOO_LARGE, INVALID_ENCODING,
                      PROCESSING_ERROR)
+
+# --------------------------------------------------------------------------- reason routing (§3)
+
+# The contract's reason-code table: the severities a reason can carry and its work queue.
+# rules/reason_codes.csv holds the same per row (the engine reads it from there); the
+# metrics pre-create one alert series per combination from this table, and a test checks
+# the two agree.
+REASON_ROUTING: dict[str, tuple[tuple[str, ...], str]] = {
+    WRONG_ADMIN_CODE: ((BLOCK,), "coding"),
+    NOT_SEPARATELY_BILLABLE: ((BLOCK,), "coding"),
+    NON_INJECTION_ROUTE: ((BLOCK,), "coding"),
+    FACILITY_SETTING: ((BLOCK,), "facility_billing"),
+    EM_99211_SAME_DAY: ((BLOCK,), "coding"),
+    EM_MISSING_MODIFIER_25: ((BLOCK,), "coding"),
+    EM_NOT_SEPARATELY_IDENTIFIABLE: ((BLOCK,), "clinical_documentation"),
+    MODIFIER_NOT_ALLOWED: ((BLOCK,), "coding"),
+    MISSING_NDC: ((BLOCK,), "pharmacy"),
+    INVALID_NDC: ((BLOCK,), "pharmacy"),
+    NDC_MISMATCH: ((WARN,), "pharmacy"),
+    MISSING_DOCUMENTATION: ((BLOCK,), "clinical_documentation"),
+    MISSING_DIAGNOSIS: ((BLOCK,), "clinical_documentation"),
+    INVALID_DIAGNOSIS_CODE: ((BLOCK,), "coding"),
+    INVALID_NPI: ((BLOCK,), "compliance"),
+    MISSING_SUPERVISION: ((BLOCK,), "compliance"),
+    DUPLICATE_SERVICE: ((BLOCK,), "coding"),
+    MUE_EXCEEDED: ((WARN, BLOCK), "coding"),
+    FREQUENCY_LIMIT: ((WARN, BLOCK), "coding"),
+    WASTE_MODIFIER_MISSING: ((BLOCK,), "pharmacy"),
+    DRUG_UNITS_UNKNOWN: ((WARN,), "pharmacy"),
+    ADDON_WITHOUT_PRIMARY: ((BLOCK,), "coding"),
+    FACILITY_ONLY_CODE: ((BLOCK,), "coding"),
+}

@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app import metrics as M
-from stream_app.metrics import Metrics, code_family, parse_addr, serve, write_textfile
+from stream_app.metrics import Metrics, code_family, write_textfile
+from stream_app.metrics_server import parse_addr, serve
 
 # contract.md §7, verbatim: exposed name -> (type, label names)
 CONTRACT = {
@@ -231,12 +232,30 @@ def test_configured_topics_including_prefix():
     assert value(m, "chargecap_events_consumed_total", topic="other") == 1
 
 
-def test_reason_table_matches_contract_and_engine_dead_letter_codes():
-    assert len(M.REASON_CODES) == 23
-    assert {q for _, q in M.REASON_CODES.values()} == set(M.WORK_QUEUES)
-    from stream_app.engine import records
+def test_reason_table_matches_contract_and_rule_data():
+    """The alert series pre-created per (reason, severity, queue) are the contract's §3
+    table, and rules/reason_codes.csv routes every reason the same way."""
+    import csv
+    import re
 
-    assert set(M.DEAD_LETTER_CODES) == {getattr(records, c) for c in M.DEAD_LETTER_CODES}
+    from tests.support.paths import REPO, SPEC_DIR
+
+    contract = (SPEC_DIR / "contract.md").read_text()
+    section = contract[contract.index("### Reason codes"):]
+    section = section[:section.index("\n\n", section.index("| `"))]
+    table: dict[str, tuple[set[str], str]] = {}
+    for row in section.splitlines():
+        m = re.match(r"\| `([A-Z0-9_]+)` \|.*\| ([^|]+) \| ([a-z_]+) \| [^|]+ \|$", row)
+        if m:
+            table[m.group(1)] = (set(re.findall(r"\b(warn|block)\b", m.group(2))), m.group(3))
+    assert len(table) == 23
+    assert {r: (set(s), q) for r, (s, q) in M.REASON_CODES.items()} == table
+    assert {q for _, q in M.REASON_CODES.values()} == set(M.WORK_QUEUES)
+    with open(REPO / "stream_app" / "rules" / "reason_codes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            severities, queue = M.REASON_CODES[row["reason_code"]]
+            assert row["work_queue"] == queue, row["reason_code"]
+            assert row["severity"] in severities, row["reason_code"]
 
 
 @pytest.mark.parametrize(

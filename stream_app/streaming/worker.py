@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"chargecap worker: cannot load rule data: {exc}", file=sys.stderr)
         return 2
 
-    from stream_app.metrics import serve
+    from stream_app.metrics_server import serve
 
     try:
         server = serve(streams.metrics, settings.metrics_addr, streams.ready)
