@@ -6,31 +6,30 @@
   the broker at the end of the session only if this session started it. If no broker can
   be had, the integration tests fail (they are never skipped silently).
 * ``kafka_broker_url`` (session): the same as ``kafka://host:port`` (Faust, Settings).
-* ``unique_name`` (function): ``unique_name("orders")`` → ``orders-<pid>-<random>``;
-  also importable as ``tests.conftest.make_unique_name``.
+* ``unique_name`` (function): ``unique_name("orders")`` → ``orders-<pid>-<random>``
+  (``tests.support.kafka.make_unique_name``).
 * ``topic_prefix`` (function): a unique ``CHARGECAP_TOPIC_PREFIX`` value for one test.
 * ``kafka_topics`` (async, function): applies every topic of ``topics/`` under a fresh
   unique prefix and returns that prefix; deletes those topics afterwards.
 
-Mark tests that talk to the broker with ``@pytest.mark.integration``.
+Tests that talk to the broker live in ``tests/broker/`` and are marked
+``@pytest.mark.integration``. Helpers are in ``tests/support/``; this file holds fixtures.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
-PROBE = REPO / "deploy" / "kafka-local" / "probe.py"
-SPEC_DIR = REPO.parent / "shared" / "spec"
-EXAMPLES_DIR = SPEC_DIR / "examples"
-
+from tests.support.kafka import (
+    broker_answers,
+    delete_topics_matching,
+    delete_topics_with_prefix,
+    make_unique_name,
+)
+from tests.support.paths import KAFKA_SH
 
 # How the session got its broker, for the terminal summary ("ran against a real Kafka").
 _BROKER_NOTE: list[str] = []
@@ -46,22 +45,6 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter):
     if _BROKER_NOTE:
         terminalreporter.write_line(f"integration tests ran against {' '.join(_BROKER_NOTE)}")
-
-
-def make_unique_name(prefix: str = "t") -> str:
-    """A Kafka-safe name unique across tests and concurrent test sessions."""
-    return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
-
-
-def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when a Metadata request to ``host:port`` succeeds."""
-    first = bootstrap.split(",")[0].split("://")[-1]
-    result = subprocess.run(
-        [sys.executable, str(PROBE), first, str(timeout)],
-        capture_output=True,
-        timeout=timeout + 10,
-    )
-    return result.returncode == 0
 
 
 def _delete_session_topics(bootstrap: str) -> None:
@@ -136,26 +119,6 @@ def unique_name():
 @pytest.fixture
 def topic_prefix() -> str:
     return make_unique_name("t") + "."
-
-
-async def delete_topics_matching(bootstrap: str, match) -> int:
-    """Deletes every topic whose name satisfies ``match`` (test clean-up); returns how many."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if match(t)]
-        if names:
-            await admin.delete_topics(names)
-        return len(names)
-    finally:
-        await admin.close()
-
-
-async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
-    """Deletes every topic whose name starts with ``prefix`` (test clean-up)."""
-    await delete_topics_matching(bootstrap, lambda t: t.startswith(prefix))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from stream_app import cli
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def test_all_contract_commands_are_registered():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.conftest import EXAMPLES_DIR, REPO
+from tests.support.paths import EXAMPLES_DIR, REPO
 
 SCHEMAS = REPO / "topics" / "schemas"
 INPUT_TYPES = ("medication.administered", "em.service", "drug.dispensed")

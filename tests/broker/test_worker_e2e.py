@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from stream_app.devtools.generate import generate_messages
-from tests.streaming.harness import (
+from tests.support.worker import (
     DEAD,
     OutputReader,
     WorkerProcess,

@@ -46,17 +46,11 @@ from stream_app.metrics import (
     SEVERITIES,
     WORK_QUEUES,
 )
-from tests.integration.helpers import (
-    REPO,
-    Worker,
-    exposition_series,
-    free_port,
-    listening_sockets,
-    non_loopback_ipv4,
-    produce,
-    run_replay,
-    wait_until,
-)
+from tests.support.paths import REPO
+from tests.support.prometheus import exposition_series
+from tests.support.sockets import listening_sockets, non_loopback_ipv4
+from tests.support.worker import WorkerProcess as Worker
+from tests.support.worker import free_port, produce, run_replay, wait_until
 
 ID_FIELDS = ("patient_id", "encounter_id", "record_id", "order_id")
 SECRET = "s3cr3t-Pa55word-7f9c2e"  # a password no log line could contain by chance

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.streaming.harness import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -1,9 +1,9 @@
 """Helpers for the fault tests (docs/reliability.md).
 
-The worker subprocess, producer, output reader and replay comparison come from the
-streaming tests' harness (tests/streaming/harness.py, reused unchanged); this module adds
-what the fault tests need on top: a private broker that can be stopped and started,
-RSS sampling, the "every input got a decision" audit, and timing/count records.
+The worker subprocess, producer, output reader and replay comparison are the shared
+harness (tests/support/worker.py); this module adds what the fault tests need on top: a
+private broker that can be stopped and started, RSS sampling, the "every input got a
+decision" audit, and timing/count records.
 
 Every address is 127.0.0.1. Nothing here prints a patient id: the audit reports counts
 and event ids are only compared, never logged.
@@ -22,11 +22,12 @@ from pathlib import Path
 import orjson
 
 from stream_app.engine.records import DeadLetter, parse_record
-from tests.streaming.harness import ALERTS, DEAD, LINES, REPO
+from stream_app.vocabulary import INPUT_TOPICS
+from tests.support.paths import KAFKA_DATA, KAFKA_SH
+from tests.support.worker import ALERTS, DEAD, LINES
 
-KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
-KAFKA_DATA = REPO / "deploy" / "kafka-local" / "data"
-INPUT_TOPICS = ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")
+__all__ = ["INPUT_TOPICS", "Audit", "PrivateBroker", "audit", "free_port_pair", "record_result",
+           "revision_faults", "rss_mb", "wait_path"]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -56,7 +57,7 @@ def free_port_pair() -> int:
 
 class PrivateBroker:
     """A Kafka broker of our own (deploy/kafka-local/kafka.sh on its own port), so a test
-    can stop and start it without touching the shared 127.0.0.1:9092 broker."""
+    can stop and start it without touching the broker the other tests use."""
 
     def __init__(self, port: int | None = None):
         self.port = port or free_port_pair()

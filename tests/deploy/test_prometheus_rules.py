@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from stream_app.metrics import Metrics
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 PROM = ROOT / "deploy" / "prometheus"
 
 EXPECTED_ALERTS = {

@@ -1,4 +1,18 @@
-"""Helpers for the streaming tests: a real worker subprocess, producing, reading outputs."""
+"""The one worker harness of the tests: the worker as a subprocess, producing input,
+reading the output topics, and the replay the worker's outputs are compared with.
+
+* `WorkerProcess`: `python -m stream_app worker` with test-friendly timers (settle 1 s,
+  close at once, short consumer-group timeouts), its own metrics port, stdout and stderr
+  in one log file.
+* `produce`: sends (topic, key, value) messages in order with an idempotent producer (a
+  broker restart by another test cannot duplicate input).
+* `OutputReader`: reads the output topics continuously and waits for them to settle.
+* `replay_view` (in process) and `run_replay` (the `replay` command): what the same input
+  gives without Kafka.
+* `wait_until`, `http_get`, `metric_value`, `free_port`, `terminate`: small utilities.
+
+Every address is 127.0.0.1. Nothing here prints a patient id.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +23,34 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-REPO = Path(__file__).resolve().parents[2]
-LINES = "billing.charge-lines"
-ALERTS = "billing.correction-alerts"
-DEAD = "billing.dead-letters"
+from stream_app.vocabulary import TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS, TOPIC_DEAD_LETTERS
+from tests.support.paths import REPO
+
+LINES = TOPIC_CHARGE_LINES
+ALERTS = TOPIC_CORRECTION_ALERTS
+DEAD = TOPIC_DEAD_LETTERS
+DEFAULT_METRICS_PORT = 9108
+
+Message = tuple[str, "bytes | None", bytes]
+
+__all__ = [
+    "ALERTS", "DEAD", "LINES", "REPO", "Message", "OutputReader", "WorkerProcess",
+    "create_topics", "free_port", "http_get", "message_counts", "metric_value", "produce",
+    "replay_view", "run_replay", "terminate", "uncommitted_inputs", "wait_until",
+]
+
+
+# --------------------------------------------------------------------------- utilities
 
 
 def free_port() -> int:
@@ -39,32 +70,110 @@ def terminate(proc: subprocess.Popen, timeout: float = 60.0) -> None:
             proc.wait(30)
 
 
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5,
+               detail: Callable[[], str] | None = None) -> Any:
+    """Calls `check` until it returns a truthy value (returned) or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - report the last one on timeout
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            extra = f"\nlast error: {last_exc!r}" if last_exc else ""
+            more = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}{more}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in a text exposition whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _faust_broker_url(bootstrap: str) -> str:
+    """`host:port[,host:port]` or already `kafka://...` URLs -> the worker's --broker value."""
+    if "://" in bootstrap:
+        return bootstrap
+    return ",".join(f"kafka://{server}" for server in bootstrap.split(","))
+
+
+# --------------------------------------------------------------------------- the worker
+
+
 class WorkerProcess:
-    """`python -m stream_app worker` as a subprocess with test-friendly settings."""
+    """`python -m stream_app worker` as a subprocess with test-friendly settings.
+
+    `bootstrap`: `host:port` or a `kafka://` URL. `metrics_port`: True picks a free port,
+    an int uses that one, None or False starts it without `--metrics-addr` (its default
+    applies). `log_level` adds `--log-level=X` (one word: `--log-level X worker` is not
+    recognised by the CLI). `env` entries with value None are removed from the child's
+    environment. `batch_within=None` leaves the worker's default.
+    """
 
     def __init__(self, tmp_path: Path, bootstrap: str, app_id: str, prefix: str, *,
                  store: str = "memory://", settle: float = 1.0, close_after: float = 0.0,
-                 tick: float = 0.5, extra: list[str] | None = None, name: str = "worker"):
+                 tick: float = 0.5, batch_within: float | None = 0.02,
+                 extra: Iterable[str] | None = None, name: str = "worker",
+                 metrics_port: int | bool | None = True, log_level: str | None = None,
+                 env: dict[str, str | None] | None = None) -> None:
         self.tmp_path = Path(tmp_path)
-        self.port = free_port()
+        if metrics_port is True:
+            self.port = free_port()
+        else:
+            self.port = metrics_port or DEFAULT_METRICS_PORT
         self.log_path = self.tmp_path / f"{name}.log"
-        self.args = [
-            sys.executable, "-m", "stream_app", "worker",
-            "--broker", f"kafka://{bootstrap}", "--app-id", app_id, "--topic-prefix", prefix,
+        self.args = [sys.executable, "-m", "stream_app"]
+        if log_level is not None:
+            self.args.append(f"--log-level={log_level}")
+        self.args += [
+            "worker",
+            "--broker", _faust_broker_url(bootstrap), "--app-id", app_id,
+            "--topic-prefix", prefix,
             "--store", store, "--data-dir", str(self.tmp_path / "data"),
             "--settle-seconds", str(settle), "--close-after-seconds", str(close_after),
-            "--tick-seconds", str(tick), "--metrics-addr", f"127.0.0.1:{self.port}",
-            "--session-timeout", "10", "--heartbeat-interval", "1",
-            "--rebalance-timeout", "10", "--batch-within", "0.02",
-            *(extra or []),
+            "--tick-seconds", str(tick),
+            "--session-timeout", "10", "--heartbeat-interval", "1", "--rebalance-timeout", "10",
         ]
+        if batch_within is not None:
+            self.args += ["--batch-within", str(batch_within)]
+        if metrics_port is not None and metrics_port is not False:
+            self.args += ["--metrics-addr", f"127.0.0.1:{self.port}"]
+        self.args += list(extra or [])
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for k, v in (env or {}).items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = v
         self.proc: subprocess.Popen | None = None
         self._log = None
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def start(self) -> WorkerProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=self._log,
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         return self
 
@@ -73,8 +182,7 @@ class WorkerProcess:
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url("/healthz"), timeout=1) as r:
-                return r.status == 200
+            return http_get(self.url("/healthz"), timeout=1)[0] == 200
         except OSError:
             return False
 
@@ -89,8 +197,9 @@ class WorkerProcess:
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.tail()}")
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as r:
-            return r.read().decode()
+        status, body = http_get(self.url("/metrics"))
+        assert status == 200, f"/metrics answered {status}"
+        return body.decode()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -98,6 +207,7 @@ class WorkerProcess:
             self.proc.wait(30)
 
     def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (then SIGKILL after `timeout`); returns the exit status."""
         if self.proc is None:
             return None
         terminate(self.proc, timeout)
@@ -106,21 +216,17 @@ class WorkerProcess:
             self._log = None
         return self.proc.returncode
 
-    def tail(self, n: int = 60) -> str:
+    def logs(self) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
 
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.logs().splitlines()[-n:])
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+
+# --------------------------------------------------------------------------- Kafka
 
 
 def _b(x) -> bytes | None:
@@ -129,11 +235,13 @@ def _b(x) -> bytes | None:
     return str(x).encode()
 
 
-async def produce(bootstrap: str, messages, *, max_request_size: int = 1_048_576,
+async def produce(bootstrap: str, messages, *, max_request_size: int = 4 * 1024 * 1024,
                   chunk: int = 500, pause: float = 0.0) -> list:
-    """Send (topic, key, value) messages in order; returns their RecordMetadata."""
+    """Sends (topic, key, value) messages in order, `chunk` at a time, waiting for each
+    chunk's acks; returns their RecordMetadata."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                                max_request_size=max_request_size)
+                                enable_idempotence=True, max_request_size=max_request_size,
+                                request_timeout_ms=60000)
     await producer.start()
     metas = []
     try:
@@ -147,13 +255,21 @@ async def produce(bootstrap: str, messages, *, max_request_size: int = 1_048_576
     return metas
 
 
+def message_counts(messages) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for topic, _k, _v in messages:
+        counts[topic] = counts.get(topic, 0) + 1
+    return counts
+
+
 class OutputReader:
     """Reads the output topics continuously (topic order per partition)."""
 
     def __init__(self, bootstrap: str, prefix: str):
         self.bootstrap = bootstrap
         self.prefix = prefix
-        self.messages: dict[str, list] = defaultdict(list)  # topic -> [(partition, offset, key, value)]
+        # topic -> [(partition, offset, key, value, headers)]
+        self.messages: dict[str, list] = defaultdict(list)
         self.last_at = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -246,23 +362,6 @@ class OutputReader:
         return True
 
 
-def replay_view(tmp_path: Path, messages, *, settle: float = 1.0, close_after: float = 0.0):
-    """The settled view `replay` gives for the same message values (NDJSON, send order)."""
-    from stream_app.config import Settings
-    from stream_app.replay import replay
-    from stream_app.runtime import build_engine
-
-    path = Path(tmp_path) / "input.ndjson"
-    with open(path, "wb") as f:
-        for _t, _k, v in messages:
-            v = _b(v)
-            if b"\n" not in v and b"\r" not in v:
-                f.write(v + b"\n")
-    settings = Settings(settle_seconds=settle, close_after_seconds=close_after)
-    res = replay([str(path)], build_engine(settings))
-    return res.settled_view(), res
-
-
 async def create_topics(bootstrap: str, prefix: str, partitions: dict[str, int] | None = None,
                         configs: dict[str, dict[str, str]] | None = None) -> None:
     """apply_topics, after creating some topics first with other partition counts/configs."""
@@ -313,3 +412,46 @@ async def uncommitted_inputs(bootstrap: str, group: str, topics: list[str]) -> d
     finally:
         await consumer.stop()
         await admin.close()
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _write_values(path: Path, messages) -> None:
+    """The message values as NDJSON in send order (values with a newline cannot be a line)."""
+    with open(path, "wb") as f:
+        for _t, _k, v in messages:
+            v = _b(v)
+            if b"\n" not in v and b"\r" not in v:
+                f.write(v + b"\n")
+
+
+def replay_view(tmp_path: Path, messages, *, settle: float = 1.0, close_after: float = 0.0):
+    """The settled view `replay` gives for the same message values, run in process."""
+    from stream_app.config import Settings
+    from stream_app.replay import replay
+    from stream_app.runtime import build_engine
+
+    path = Path(tmp_path) / "input.ndjson"
+    _write_values(path, messages)
+    settings = Settings(settle_seconds=settle, close_after_seconds=close_after)
+    res = replay([str(path)], build_engine(settings))
+    return res.settled_view(), res
+
+
+def run_replay(tmp_path: Path, messages, *, log_level: str = "INFO") -> tuple[list[dict], str]:
+    """Runs `python -m stream_app replay` over the message values with the worker's timers.
+    Returns (the alerts of alerts.ndjson, replay's stdout+stderr)."""
+    path = Path(tmp_path) / "replay-input.ndjson"
+    out = Path(tmp_path) / "replay-out"
+    _write_values(path, messages)
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_app", f"--log-level={log_level}", "replay", str(path),
+         "--out", str(out), "--settle-seconds", "1", "--close-after-seconds", "0"],
+        cwd=REPO, capture_output=True, timeout=120,
+    )
+    logs = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    assert done.returncode == 0, f"replay failed ({done.returncode}):\n{logs}"
+    alerts = [orjson.loads(line) for line in (out / "alerts.ndjson").read_bytes().splitlines()
+              if line.strip()]
+    return alerts, logs

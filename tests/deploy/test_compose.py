@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"

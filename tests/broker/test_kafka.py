@@ -8,7 +8,8 @@ import json
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.conftest import EXAMPLES_DIR, broker_answers
+from tests.support.kafka import broker_answers
+from tests.support.paths import EXAMPLES_DIR
 
 
 @pytest.mark.integration

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import KAFKA_SH, broker_answers
+from tests.support.kafka import broker_answers
+from tests.support.paths import KAFKA_SH
 
 DATA = KAFKA_SH.parent / "data"
 

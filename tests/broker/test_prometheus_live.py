@@ -26,19 +26,11 @@ import yaml
 from stream_app.devtools.generate import generate_stream
 from stream_app.metrics import PAYER_CLASSES
 from stream_app.topics import apply_topics
-from tests.conftest import delete_topics_with_prefix, make_unique_name
-from tests.integration.helpers import (
-    ALERTS_YML,
-    Prometheus,
-    Worker,
-    ensure_prometheus,
-    exposition_series,
-    message_counts,
-    produce,
-    run_replay,
-    wait_until,
-)
-from tests.test_dashboard import parse_expr, targets
+from tests.support.dashboard import parse_expr, targets
+from tests.support.kafka import delete_topics_with_prefix, make_unique_name
+from tests.support.prometheus import ALERTS_YML, Prometheus, ensure_prometheus, exposition_series
+from tests.support.worker import WorkerProcess as Worker
+from tests.support.worker import message_counts, produce, run_replay, wait_until
 
 pytestmark = pytest.mark.integration
 

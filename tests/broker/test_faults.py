@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from stream_app.devtools.generate import generate_stream
-from tests.reliability.helpers import (
+from tests.support.faults import (
     INPUT_TOPICS,
     PrivateBroker,
     audit,
@@ -39,7 +39,7 @@ from tests.reliability.helpers import (
     revision_faults,
     rss_mb,
 )
-from tests.streaming.harness import (
+from tests.support.worker import (
     ALERTS,
     DEAD,
     LINES,

@@ -1,0 +1,1 @@
+"""Tests of the deployment files: Grafana dashboard, Prometheus rules, docker compose."""
