@@ -1,0 +1,166 @@
+"""Import hygiene and layering of `stream_app` (docs/architecture.md, issue 16).
+
+* Every module imports alone in a fresh interpreter (no order-dependent import cycles).
+* No import cycle, at module level or through imports inside functions.
+* Layers import downwards only:
+  - `vocabulary` imports nothing of the project;
+  - the engine imports only itself, `vocabulary`, the standard library and orjson;
+  - adapters (every module outside the engine, the shell, the commands and devtools:
+    config, metrics, topics, runtime, rule data...) never import the shell, a command
+    or devtools;
+  - the Faust shell (`stream_app.streaming`) is imported by nobody outside it (the CLI
+    starts the worker by module name);
+  - development tools (`stream_app.devtools`) use the product; no product module
+    imports them.
+
+Module lists come from the source tree, so the rules follow renames and new modules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.imports import PACKAGE, import_graph, is_stdlib, package_modules
+from tests.support.imports import cycles as find_cycles
+from tests.support.paths import REPO
+
+ENGINE = f"{PACKAGE}.engine"
+VOCABULARY = f"{PACKAGE}.vocabulary"
+SHELL = f"{PACKAGE}.streaming"
+DEVTOOLS = f"{PACKAGE}.devtools"
+# Entry points: the CLI and the commands that are not the shell or a development tool.
+COMMANDS = (f"{PACKAGE}.cli", f"{PACKAGE}.__main__", f"{PACKAGE}.replay")
+ENGINE_THIRD_PARTY = {"orjson"}
+
+# Cycles in the engine that issue 16's engine work removes. An entry that no longer
+# happens fails the test below, so the list only shrinks.
+KNOWN_CYCLES: list[list[str]] = [
+    [f"{ENGINE}._parse", f"{ENGINE}.records"],
+    [f"{ENGINE}.core", f"{ENGINE}.engine"],
+]
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_of(module: str) -> str:
+    if module == VOCABULARY:
+        return "vocabulary"
+    if within(module, ENGINE):
+        return "engine"
+    if within(module, SHELL):
+        return "shell"
+    if within(module, DEVTOOLS):
+        return "devtools"
+    if module in COMMANDS:
+        return "command"
+    return "adapter"
+
+
+GRAPH = import_graph()
+
+
+def test_the_layers_exist():
+    modules = package_modules()
+    for package in (ENGINE, SHELL, DEVTOOLS, VOCABULARY):
+        assert package in modules, f"{package} is gone: update the layer names in this test"
+    assert any(layer_of(m) == "adapter" for m in modules)
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter():
+    # `__main__` runs the CLI when imported; it is what `python -m stream_app` executes.
+    modules = sorted(m for m in package_modules() if not m.endswith(".__main__"))
+    done = subprocess.run([sys.executable, "-m", "tests.support.import_each", *modules],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not failures, "\n\n".join(f"{m}:\n{tb}" for m, tb in failures.items())
+
+
+def test_a_module_that_fails_to_import_is_reported():
+    done = subprocess.run([sys.executable, "-m", "tests.support.import_each",
+                           f"{PACKAGE}.vocabulary", f"{PACKAGE}.no_such_module"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    failures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert list(failures) == [f"{PACKAGE}.no_such_module"]
+    assert "ModuleNotFoundError" in failures[f"{PACKAGE}.no_such_module"]
+
+
+def test_no_import_cycles():
+    found = find_cycles(GRAPH)
+    unexpected = [c for c in found if c not in KNOWN_CYCLES]
+    assert not unexpected, f"import cycles: {unexpected}"
+    gone = [c for c in KNOWN_CYCLES if c not in found]
+    assert not gone, f"no longer cycles: remove {gone} from KNOWN_CYCLES"
+
+
+def _violations(rule) -> list[str]:
+    return [f"{module}:{imp.line} imports {imp.target}"
+            for module, imports in sorted(GRAPH.items()) for imp in imports
+            if not rule(module, imp.target)]
+
+
+def test_vocabulary_imports_nothing_of_the_project():
+    assert _violations(lambda m, t: m != VOCABULARY or not within(t, PACKAGE)) == []
+
+
+def test_engine_imports_only_itself_vocabulary_stdlib_and_orjson():
+    def allowed(module: str, target: str) -> bool:
+        if layer_of(module) != "engine":
+            return True
+        if within(target, PACKAGE):
+            return within(target, ENGINE) or target == VOCABULARY or target == PACKAGE
+        return is_stdlib(target) or target in ENGINE_THIRD_PARTY
+
+    assert _violations(allowed) == []
+
+
+def test_adapters_do_not_import_the_shell_commands_or_devtools():
+    def allowed(module: str, target: str) -> bool:
+        if layer_of(module) not in ("adapter", "engine", "vocabulary"):
+            return True
+        return not within(target, PACKAGE) or layer_of(target) not in (
+            "shell", "command", "devtools")
+
+    assert _violations(allowed) == []
+
+
+def test_nobody_outside_the_shell_imports_it():
+    def allowed(module: str, target: str) -> bool:
+        return layer_of(target) != "shell" or layer_of(module) == "shell"
+
+    assert _violations(allowed) == []
+
+
+def test_product_modules_do_not_import_devtools():
+    def allowed(module: str, target: str) -> bool:
+        return layer_of(target) != "devtools" or layer_of(module) == "devtools"
+
+    assert _violations(allowed) == []
+
+
+@pytest.mark.parametrize("layer, module, target", [
+    ("engine", f"{ENGINE}.core", f"{PACKAGE}.config"),
+    ("adapter", f"{PACKAGE}.metrics", SHELL),
+    ("devtools", f"{PACKAGE}.topics", f"{DEVTOOLS}.demo"),
+])
+def test_the_rules_catch_an_upward_import(layer, module, target):
+    """The rules above are not vacuous: a planted upward import breaks each of them."""
+    from tests.support.imports import Import
+
+    planted = {**GRAPH, module: [*GRAPH.get(module, []), Import(target, 1, True)]}
+    rules = {
+        "engine": lambda m, t: layer_of(m) != "engine" or not within(t, PACKAGE)
+        or within(t, ENGINE) or t in (VOCABULARY, PACKAGE),
+        "adapter": lambda m, t: layer_of(m) != "adapter" or not within(t, PACKAGE)
+        or layer_of(t) not in ("shell", "command", "devtools"),
+        "devtools": lambda m, t: layer_of(t) != "devtools" or layer_of(m) == "devtools",
+    }
+    bad = [(m, i.target) for m, imps in planted.items() for i in imps
+           if not rules[layer](m, i.target)]
+    assert (module, target) in bad
