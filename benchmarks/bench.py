@@ -1,4 +1,4 @@
-"""`make bench`: the worker against the physical limit on the same broker (issue 6).
+"""`make bench`: the worker against the physical limit on the same broker.
 
 One run, one broker, one generated stream (the generator's realistic mix, seed 7, the
 same records `bench_replay.py` replays). Phases (`--only` picks some):

@@ -1,4 +1,4 @@
-"""`make bench-replay`: replay throughput against merely parsing the same lines (issue 3).
+"""`make bench-replay`: replay throughput against merely parsing the same lines.
 
 Generates a realistic stream (the generator's default mix), writes it as NDJSON, then in
 one run measures:

@@ -1,4 +1,4 @@
-"""The ceiling of one Faust hop configured as the worker (issue 6, `faust_passthrough_eps`).
+"""The ceiling of one Faust hop configured as the worker (`faust_passthrough_eps`).
 
 `raw_passthrough.py` is the limit of a plain aiokafka loop. This is the same work — read
 the input topics, `orjson.loads` each value, re-key by `patient_id`, send the original

@@ -1,4 +1,4 @@
-"""The practical limit of this machine for a Python Kafka hop (issue 6, `raw_passthrough_eps`).
+"""The practical limit of this machine for a Python Kafka hop (`raw_passthrough_eps`).
 
 A plain aiokafka consumer → `orjson.loads` → aiokafka producer loop, the least any Python
 consumer of these topics can do: no framework, no state, no per-message await on the

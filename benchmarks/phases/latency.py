@@ -121,7 +121,7 @@ async def phase_latency(bootstrap: str, prefix: str, messages, rate: float, seco
     # moment it became decidable: the newest send among that output's sources. A dispense
     # sent before its administration (the generator's pharmacy sends most of them ahead,
     # median ~1,900 messages) cannot be decided before the administration arrives; timing
-    # it from its own send (`own_*`, the session-5 figure) charges the worker for that wait.
+    # it from its own send (`own_*`) charges the worker for that wait.
     lat_event = sorted((t - newest) / 1000.0 for t, newest in first_decision.values())
     lat_own = sorted((t - sent_ts[e]) / 1000.0 for e, (t, _n) in first_decision.items())
     dump = os.environ.get("BENCH_LATENCY_DUMP")

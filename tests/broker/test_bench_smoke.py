@@ -1,4 +1,4 @@
-"""`benchmarks/bench.py --smoke` runs every phase against the real broker (issue 6).
+"""`benchmarks/bench.py --smoke` runs every phase against the real broker.
 
 No timing thresholds: only that the harness works and reports every figure as a sane,
 positive number. The real measurement is `make bench`.
