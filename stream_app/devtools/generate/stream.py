@@ -79,7 +79,12 @@ class GeneratedStream:
 
 
 class _Generator(VisitModel, ErrorInjection, VersionHistory):
-    """One run of the simulated world; each base class is one concern (see their modules)."""
+    """One run of the simulated world; each base class is one concern (see their modules).
+
+    The concerns share the state set here: one `random.Random` drawn from in a fixed
+    order (so the stream for a seed never depends on how the code is split), the id
+    counters, the emitted versions, labels and stats.
+    """
 
     def __init__(
         self,
