@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -184,7 +185,7 @@ def read_file(path: Path, flags: tuple[date, date] | None = None) -> FileResult:
     positions = [(i, c) for i, (c, _) in enumerate(mapped) if c]
     header_cells = tuple(rows[index].cells)
     code_column = _code_source(kind, table)
-    seen: dict[tuple[str, ...], tuple[int, dict[str, str]]] = {}
+    seen: dict[tuple[str, ...], list[tuple[int, dict[str, str]]]] = {}
     for raw in rows[index + 1:]:
         if raw.cells == header_cells:
             continue  # the header repeated (page breaks in some CMS exports)
@@ -210,21 +211,32 @@ def read_file(path: Path, flags: tuple[date, date] | None = None) -> FileResult:
         if result.period is not None:
             out[EFFECTIVE_FROM] = result.period[0].isoformat()
             out[EFFECTIVE_TO] = result.period[1].isoformat()
-        key = (*(out[k] for k in table.key), out.get(EFFECTIVE_FROM, ""))
-        earlier = seen.get(key)
+        key = tuple(out[k] for k in table.key)
+        earlier = _overlapping(seen.get(key, ()), out)
         if earlier is not None:
             if earlier[1] == out:
                 result.duplicates += 1
             else:
                 result.set_aside.append(SetAsideRow(
                     raw.line, headers.get(table.key[0], table.key[0]),
-                    f"same {'/'.join(table.key)} as line {earlier[0]} with other values",
-                    cells.get(code_column, "")))
+                    f"same {'/'.join(table.key)} as line {earlier[0]}, in force on the same "
+                    "dates, with other values", cells.get(code_column, "")))
             continue
-        seen[key] = (raw.line, dict(out))
+        seen.setdefault(key, []).append((raw.line, dict(out)))
         out[SOURCE] = f"{path.name}:{raw.line}"
         result.rows.append(out)
     return result
+
+
+def _overlapping(earlier: Iterable[tuple[int, dict[str, str]]], row: dict[str, str]
+                 ) -> tuple[int, dict[str, str]] | None:
+    """The first earlier (line, row) of the same key in force on a day `row` is."""
+    a, b = span(row)
+    for line, other in earlier:
+        c, d = span(other)
+        if a <= d and c <= b:
+            return line, other
+    return None
 
 
 def _code_source(kind: Kind, table: Table) -> str:

@@ -195,12 +195,18 @@ def merge_file_dated(existing: list[dict[str, str]], new: list[dict[str, str]],
 
 def merge_row_dated(existing: list[dict[str, str]], new: list[dict[str, str]],
                     table: Table) -> list[dict[str, str]]:
-    """Rows keyed by (key, effective_from); a new row replaces the existing one."""
-    def key(row: dict[str, str]) -> tuple[str, ...]:
-        return (*(row[k] for k in table.key), row.get(EFFECTIVE_FROM, ""))
+    """A new row replaces the existing rows with the same key whose dates overlap it
+    (CMS re-issues an edit with a deletion date, or with corrected dates)."""
+    spans: dict[tuple[str, ...], list[tuple[date, date]]] = {}
+    for row in new:
+        spans.setdefault(tuple(row[k] for k in table.key), []).append(span(row))
 
-    replaced = {key(r) for r in new}
-    return [r for r in existing if key(r) not in replaced] + new
+    def replaced(row: dict[str, str]) -> bool:
+        a, b = span(row)
+        return any(a <= d and c <= b
+                   for c, d in spans.get(tuple(row[k] for k in table.key), ()))
+
+    return [r for r in existing if not replaced(r)] + new
 
 
 def write_table(directory: Path, table: Table, rows: list[dict[str, str]]) -> None:

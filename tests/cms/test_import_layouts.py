@@ -250,3 +250,28 @@ def test_year_only_files_take_a_narrower_period_from_the_command_line(tmp_path):
     assert _result(report, opps).period == (date(2025, 1, 1), date(2025, 3, 31))
     with pytest.raises(CmsFileError, match="outside"):
         import_files([opps], into, date(2024, 10, 1), date(2024, 12, 31))
+
+
+def test_a_reissued_ptp_edit_replaces_the_old_row_and_overlaps_in_one_file_are_set_aside(
+        tmp_path):
+    header = PTP_EXAMPLE.split("\r\n")[:3]
+    first = _write(tmp_path / "ptp-q1.txt", "\r\n".join([
+        *header,
+        "\t".join(["99213", "96372", "", "20250101", "*", "1", "EXAMPLE open edit"]),
+        ""]))
+    # The next quarter's EXAMPLE file: the same edit now deleted, and the same pair listed
+    # twice on overlapping dates with different indicators.
+    second = _write(tmp_path / "ptp-q2.txt", "\r\n".join([
+        *header,
+        "\t".join(["99213", "96372", "", "20250101", "20250701", "1", "EXAMPLE deleted"]),
+        "\t".join(["96365", "96374", "", "20250101", "*", "1", "EXAMPLE"]),
+        "\t".join(["96365", "96374", "", "20250301", "*", "0", "EXAMPLE overlapping"]),
+        ""]))
+    into = tmp_path / "rules"
+    import_files([first], into)
+    report = import_files([second], into)
+    assert [(r.line, r.code) for r in _result(report, second).set_aside] == [(6, "96365")]
+    rows = table_rows(into / "ncci_ptp.csv")
+    pair = [r for r in rows if (r["column1"], r["column2"]) == ("99213", "96372")]
+    assert [(r["effective_to"], r["deletion_date"]) for r in pair] == [
+        ("2025-06-30", "2025-07-01")]
