@@ -208,6 +208,11 @@ def read_file(path: Path, flags: tuple[date, date] | None = None) -> FileResult:
         except NotApplicable as why:
             result.not_applicable[str(why)] += 1
             continue
+        except (ValueError, ArithmeticError) as exc:
+            # A value the checks above did not foresee: still one row, never the file.
+            result.set_aside.append(SetAsideRow(raw.line, "?", f"unreadable row: {exc}",
+                                                cells.get(code_column, "")))
+            continue
         if result.period is not None:
             out[EFFECTIVE_FROM] = result.period[0].isoformat()
             out[EFFECTIVE_TO] = result.period[1].isoformat()
@@ -389,13 +394,16 @@ def import_files(paths: list[Path], into: Path, effective_from: date | None = No
         raise CmsFileError(into, "is not a directory")
     results = [read_file(path, flags) for path in expand(paths)]
     _check_overlaps(results)
+    touched = [t for name, t in TABLES.items() if any(r.kind.table == name for r in results)]
+    # Every existing table is read before anything is written, so a table that cannot be
+    # merged stops the import with the directory unchanged.
+    existing = {t.file: read_table(into, t) for t in touched} if into.is_dir() else {}
     into.mkdir(parents=True, exist_ok=True)
     coverage: dict[str, list[tuple[str, str]]] = {}
-    for name, table in TABLES.items():
+    for table in touched:
+        name = table.file
         mine = [r for r in results if r.kind.table == name]
-        if not mine:
-            continue
-        current = read_table(into, table)
+        current = existing.get(name, [])
         mine.sort(key=lambda r: (r.period or (date.min, date.min), str(r.path)))
         for result in mine:
             if table.dated_by == "rows":
@@ -408,7 +416,9 @@ def import_files(paths: list[Path], into: Path, effective_from: date | None = No
                 current = merge_file_dated(current, result.rows, start, end)
         write_table(into, table, current)
         if table.dated_by == "file":
-            coverage[name] = [(a.isoformat(), b.isoformat()) for a, b in periods(current)]
+            coverage[name] = [("" if a == date.min else a.isoformat(),
+                               "" if b == date.max else b.isoformat())
+                              for a, b in periods(current)]
     report = ImportReport(into, results, coverage, time.perf_counter() - began)
     (into / REPORT_FILE).write_text(json.dumps(report.as_json(), indent=1) + "\n",
                                     encoding="utf-8")
@@ -427,6 +437,8 @@ def _list(items: list[str], limit: int = 8) -> str:
 def _gaps(spans: list[tuple[str, str]]) -> list[str]:
     out = []
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        if not end or not start:
+            continue
         a, b = date.fromisoformat(end), date.fromisoformat(start)
         if (b - a).days > 1:
             out.append(f"{date.fromordinal(a.toordinal() + 1)} – "
@@ -467,7 +479,7 @@ def render(report: ImportReport) -> str:
         lines.extend(_render_changes(f))
     for table, spans in report.coverage.items():
         gaps = _gaps(spans)
-        covered = ", ".join(f"{a} – {b}" for a, b in spans)
+        covered = ", ".join(f"{a or '…'} – {b or '…'}" for a, b in spans)
         lines.append(f"{table}: periods {covered}"
                      + (f"; NO DATA {', '.join(gaps)}" if gaps else ""))
     lines.append(f"written to {report.into} ({REPORT_FILE} for machines) in "

@@ -135,8 +135,9 @@ def read_table(directory: Path, table: Table) -> list[dict[str, str]]:
     """Rows of an existing table in the directory (canonical names), [] when absent.
 
     Header cells are matched to the table's columns case- and space-insensitively, so a
-    file in the packaged layout (`_2025_CODE`…) is read too; its other columns are kept
-    empty. A file without the key columns cannot be merged: an error naming it.
+    file in the packaged layout (`_2025_CODE`…) is read too. A file lacking the key or
+    compared columns, or with columns the import does not write, cannot be merged
+    without losing data: an error naming it.
     """
     path = directory / table.file
     if not path.is_file():
@@ -156,12 +157,16 @@ def read_table(directory: Path, table: Table) -> list[dict[str, str]]:
             names = [header_name(c) for c in cells]
             mapped = [by_header.get(n) or ("hcpcs" if n.startswith("_") and n.endswith("_code")
                                            else "") for n in names]
-            if not all(k in mapped for k in table.key):
-                if table.key[0] in mapped or any(mapped):
-                    raise CmsFileError(path, "existing table lacks the key column(s) "
-                                             f"{', '.join(table.key)}: move it aside and import "
-                                             "again")
+            if not any(mapped):
                 continue  # a preamble line of a CMS file copied in by hand
+            needed = [c for c in (*table.key, *table.compared) if c not in mapped]
+            unknown = [c.strip() for c, m in zip(cells, mapped, strict=True)
+                       if c.strip() and not m]
+            if needed or unknown:
+                problem = (f"lacks column(s) {', '.join(needed)}" if needed
+                           else f"has column(s) the import does not write: {', '.join(unknown)}")
+                raise CmsFileError(path, f"existing table {problem}; move it aside and "
+                                         "import again")
             header = mapped
             continue
         row = {c: "" for c in table.names}

@@ -275,3 +275,15 @@ def test_a_reissued_ptp_edit_replaces_the_old_row_and_overlaps_in_one_file_are_s
     pair = [r for r in rows if (r["column1"], r["column2"]) == ("99213", "96372")]
     assert [(r["effective_to"], r["deletion_date"]) for r in pair] == [
         ("2025-06-30", "2025-07-01")]
+
+
+def test_an_existing_table_that_cannot_be_merged_stops_the_import_before_any_write(tmp_path):
+    pricing = _pricing(tmp_path, ["J0696,Ceftriaxone sodium injection,250 MG,0.446,20.000,,,,,,,"])
+    mue = _write(tmp_path / "mue-example.csv", MUE_EXAMPLE)
+    into = tmp_path / "rules"
+    into.mkdir()
+    (into / "mue.csv").write_text("code,limit\n96372,4\n", encoding="utf-8")
+    with pytest.raises(CmsFileError) as caught:
+        import_files([pricing, mue], into, date(2025, 1, 1), date(2025, 3, 31))
+    assert caught.value.path == str(into / "mue.csv")
+    assert sorted(p.name for p in into.iterdir()) == ["mue.csv"]
