@@ -37,7 +37,7 @@ class CmsFileError(ValueError):
 @dataclass(frozen=True, slots=True)
 class RawRow:
     line: int  # physical 1-based line where the row starts
-    cells: tuple[str, ...]  # stripped cell text
+    cells: tuple[str, ...]  # stripped cell text, trailing empty cells dropped
 
 
 def decode(data: bytes) -> tuple[str, str]:
@@ -81,7 +81,10 @@ def read_rows(path: Path) -> tuple[list[RawRow], str]:
         for cells in reader:
             line = previous_end + 1
             previous_end = reader.line_num
-            stripped = tuple(clean(c) for c in cells)
+            end = len(cells)
+            while end and not cells[end - 1]:
+                end -= 1  # CMS pads rows with up to 250 empty columns
+            stripped = tuple(clean(c) if c else "" for c in cells[:end])
             if any(stripped):
                 rows.append(RawRow(line, stripped))
     except csv.Error as exc:
