@@ -89,7 +89,7 @@ class Row:
             return None
         value = compact_date(raw)
         if value is None:
-            raise self.fail(column, f"{raw!r} is not a date (YYYYMMDD)")
+            raise self.fail(column, f"{raw!r} is not a date (YYYYMMDD or Julian YYYYDDD)")
         return value
 
 
@@ -332,13 +332,12 @@ def _addon(row: Row) -> dict[str, str]:
     primary = row.hcpcs("primary_code")
     if primary == addon:
         raise row.fail("primary_code", f"{addon} is listed as its own primary")
-    start = row.ncci_date("aoc_effective")
-    end = row.ncci_date("aoc_deletion", star_is_none=True)
-    primary_start = row.ncci_date("primary_effective")
-    primary_end = row.ncci_date("primary_deletion", star_is_none=True)
-    # The pair applies while both the add-on edit and the primary code are in force.
-    starts = [d for d in (start, primary_start) if d]
-    ends = [d for d in (end, primary_end) if d]
+    starts = [row.ncci_date(c) for c in ("aoc_effective", "primary_effective")]
+    ends = [row.ncci_date(c, star_is_none=True)
+            for c in ("aoc_deletion", "addon_deletion", "primary_deletion")]
+    # The pair applies while the edit, the add-on code and the primary code are in force.
+    starts = [d for d in starts if d]
+    ends = [d for d in ends if d]
     first = max(starts) if starts else None
     # The add-on file's deletion date is the first date the edit no longer applies.
     last = min(ends) - timedelta(days=1) if ends else None
@@ -474,17 +473,25 @@ NCCI_PTP = Kind(
     dated_by="rows",
 )
 
+def _aoc_date(name: str) -> str:
+    return rf"{name}[ _](?:date|dt)(?:[ _]?\(?julian\)?)?"
+
+
 ADDON_CODES = Kind(
     name="addon_codes", title="NCCI add-on code file", table="addon_codes.csv",
+    # The spreadsheet's names (ADD-ON CODE, PRIMARY CODE, AOC EDIT TYPE, AOC_EDIT_EFF_DT,
+    # AOC_EDIT_DEL_DT, AOC_DEL_DT, PRIMARY_CODE_DEL_DT, with or without "(Julian)"),
+    # matched with spaces or underscores and "date" or "dt".
     aliases=(
-        (r"add-?on code", "addon_code"),
-        (r"primary code", "primary_code"),
-        (r"aoc edit type|add-?on code type|type", "aoc_type"),
-        (r"primary code effective date", "primary_effective"),
-        (r"primary code deletion date", "primary_deletion"),
-        (r"(?:aoc|add-?on code) effective date", "aoc_effective"),
-        (r"(?:aoc|add-?on code) deletion date", "aoc_deletion"),
-        (r"special instruction notes", "notes"),
+        (r"add[- _]?on[ _]code", "addon_code"),
+        (r"primary[ _]code", "primary_code"),
+        (r"aoc[ _]edit[ _]type|add[- _]?on[ _]code[ _]type", "aoc_type"),
+        (_aoc_date(r"primary[ _]code[ _]eff(?:ective)?"), "primary_effective"),
+        (_aoc_date(r"primary[ _]code[ _]del(?:etion)?"), "primary_deletion"),
+        (_aoc_date(r"aoc[ _](?:edit[ _])?eff(?:ective)?"), "aoc_effective"),
+        (_aoc_date(r"aoc[ _]edit[ _]del(?:etion)?"), "aoc_deletion"),
+        (_aoc_date(r"(?:aoc|add[- _]?on[ _]code)[ _]del(?:etion)?"), "addon_deletion"),
+        (r"special[ _]instruction[ _]notes?", "notes"),
     ),
     required=("addon_code", "primary_code", "aoc_effective"),
     parse=_addon,

@@ -287,3 +287,24 @@ def test_an_existing_table_that_cannot_be_merged_stops_the_import_before_any_wri
         import_files([pricing, mue], into, date(2025, 1, 1), date(2025, 3, 31))
     assert caught.value.path == str(into / "mue.csv")
     assert sorted(p.name for p in into.iterdir()) == ["mue.csv"]
+
+
+def test_addon_spreadsheet_names_with_julian_dates(tmp_path):
+    # EXAMPLE values only; the column names of the AOC spreadsheet saved as CSV.
+    aoc = _write(tmp_path / "aoc-julian-example.csv", "\r\n".join([
+        "ADD-ON CODE,PRIMARY CODE,AOC EDIT TYPE,AOC_EDIT_EFF_DT (Julian),"
+        "AOC_EDIT_DEL_DT (Julian),AOC_DEL_DT (Julian),PRIMARY_CODE_DEL_DT (Julian),"
+        "SPECIAL INSTRUCTION NOTES",
+        "96375,96374,1,2013091,,,,EXAMPLE",
+        "96367,96365,1,2013091,2025001,,,EXAMPLE deleted 2025-01-01",
+        "96366,96365,1,2013091,,,2024366,EXAMPLE primary deleted 2024-12-31",
+        "96376,96374,1,2013400,,,,EXAMPLE bad Julian day",
+        ""]))
+    into = tmp_path / "rules"
+    result = _result(import_files([aoc], into), aoc)
+    assert [(r.line, r.column) for r in result.set_aside] == [(5, "AOC_EDIT_EFF_DT (Julian)")]
+    rows = {(r["addon_code"], r["primary_code"]): (r["effective_from"], r["effective_to"])
+            for r in table_rows(into / "addon_codes.csv")}
+    assert rows == {("96375", "96374"): ("2013-04-01", ""),
+                    ("96367", "96365"): ("2013-04-01", "2024-12-31"),
+                    ("96366", "96365"): ("2013-04-01", "2024-12-30")}
