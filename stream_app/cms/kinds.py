@@ -214,8 +214,14 @@ def _pfs_total(row: Row, total: str, na_indicator: str) -> tuple[str, str]:
     flag = row.get(na_indicator).upper()
     if flag not in ("", "NA"):
         raise row.fail(na_indicator, f"NA indicator {flag!r} is neither NA nor empty")
-    value = row.number(total)
-    return ("", "true") if flag == "NA" else (value, "false")
+    # Some releases write NA in the total itself rather than in the indicator column.
+    if flag == "NA" or row.get(total).upper() == "NA":
+        return "", "true"
+    return row.number(total), "false"
+
+
+def _rvu(row: Row, column: str) -> str:
+    return "" if row.get(column).upper() == "NA" else row.number(column, required=False)
 
 
 def _pfs(row: Row) -> dict[str, str]:
@@ -234,10 +240,10 @@ def _pfs(row: Row) -> dict[str, str]:
     return {
         "code": code, "modifier": modifier, "description": row.get("description"),
         "status": status,
-        "work_rvu": row.number("work_rvu", required=False),
-        "nonfacility_pe_rvu": row.number("nonfacility_pe_rvu", required=False),
-        "facility_pe_rvu": row.number("facility_pe_rvu", required=False),
-        "mp_rvu": row.number("mp_rvu", required=False),
+        "work_rvu": _rvu(row, "work_rvu"),
+        "nonfacility_pe_rvu": _rvu(row, "nonfacility_pe_rvu"),
+        "facility_pe_rvu": _rvu(row, "facility_pe_rvu"),
+        "mp_rvu": _rvu(row, "mp_rvu"),
         "nonfacility_total": nonfacility_total, "nonfacility_na": nonfacility_na,
         "facility_total": facility_total, "facility_na": facility_na,
         "pctc": pctc, "global_days": row.get("global_days"),

@@ -18,7 +18,7 @@ import pytest
 from stream_app.cli import main
 from stream_app.cms import REPORT_FILE, CmsFileError, import_files
 from stream_app.engine import RuleSet
-from tests.cms.helpers import Q2025, in_force, require_shared, table_rows
+from tests.cms.helpers import PFS2025, Q2025, in_force, require_shared, table_rows
 
 # EXAMPLE values only (not CMS MUEs): practitioner MUE layout after a copyright preamble,
 # quoted header cells with line breaks, as CMS's CSV has them.
@@ -308,3 +308,19 @@ def test_addon_spreadsheet_names_with_julian_dates(tmp_path):
     assert rows == {("96375", "96374"): ("2013-04-01", ""),
                     ("96367", "96365"): ("2013-04-01", "2024-12-31"),
                     ("96366", "96365"): ("2013-04-01", "2024-12-30")}
+
+
+def test_pfs_na_written_in_the_rvu_cells_themselves(tmp_path):
+    require_shared()
+    lines = (PFS2025 / "PPRRVU2025_Oct.csv").read_bytes().decode("utf-8").split("\r\n")
+    header = lines[:10]
+    # EXAMPLE row in the PPRRVU layout with NA in the facility PE and total cells.
+    row = ("99999,,EXAMPLE code,A,,1.00,0.50,,NA,,0.10,1.60,NA,0,XXX,0.00,0.00,0.00,"
+           "0,0,0,0,0,,32.3465,09,0,99,0.00,0.00,0.00")
+    pfs = _write(tmp_path / "pfs-example.csv", "\r\n".join([*header, row, ""]), "utf-8")
+    into = tmp_path / "rules"
+    import_files([pfs], into)
+    (written,) = table_rows(into / "pfs_rvu.csv")
+    assert (written["facility_pe_rvu"], written["facility_total"], written["facility_na"]) == (
+        "", "", "true")
+    assert (written["nonfacility_total"], written["nonfacility_na"]) == ("1.60", "false")
