@@ -518,7 +518,19 @@ LOCALITY_COUNTIES = Kind(
     parse=lambda row: {},
 )
 
+#: Recognised but not imported: the MUE zip also holds the outpatient-hospital and DME
+#: tables; the engine checks professional claims against the practitioner table.
+MUE_OTHER = Kind(
+    name="mue_hospital_or_dme", title="MUE outpatient hospital / DME table", table="",
+    aliases=(
+        (r"hcpcs\s*/\s*cpt code|hcpcs code|cpt code", "code"),
+        (r"(?:outpatient hospital|facility|dme supplier|dme) services mue values?", "value"),
+    ),
+    required=("code", "value"),
+    parse=lambda row: {},
+)
+
 KINDS: tuple[Kind, ...] = (
     ASP_CROSSWALK, ASP_PRICING, PFS_RVU, PFS_GPCI, OPPS_ADDENDUM_B, MUE_PRACTITIONER,
-    NCCI_PTP, ADDON_CODES, LOCALITY_COUNTIES,
+    NCCI_PTP, ADDON_CODES, LOCALITY_COUNTIES, MUE_OTHER,
 )

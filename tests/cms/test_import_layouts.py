@@ -324,3 +324,16 @@ def test_pfs_na_written_in_the_rvu_cells_themselves(tmp_path):
     assert (written["facility_pe_rvu"], written["facility_total"], written["facility_na"]) == (
         "", "", "true")
     assert (written["nonfacility_total"], written["nonfacility_na"]) == ("1.60", "false")
+
+
+def test_the_hospital_mue_table_of_the_same_zip_is_recognised_and_not_imported(tmp_path):
+    # EXAMPLE values only.
+    hospital = _write(tmp_path / "mue-hospital-example.csv", MUE_EXAMPLE.replace(
+        "Practitioner Services", "Outpatient Hospital Services"))
+    practitioner = _write(tmp_path / "mue-example.csv", MUE_EXAMPLE)
+    into = tmp_path / "rules"
+    report = import_files([tmp_path], into, date(2025, 1, 1), date(2025, 3, 31))
+    assert _result(report, hospital).kind.table == ""
+    assert len(_result(report, practitioner).rows) == 2
+    assert "mue-hospital-example.csv: MUE outpatient hospital / DME table (recognised, not " \
+           "imported)" in report.text()
