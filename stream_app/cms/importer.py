@@ -65,10 +65,6 @@ class FileResult:
     notes: list[str] = field(default_factory=list)
     changes: dict | None = None
 
-    @property
-    def table(self) -> Table | None:
-        return TABLES.get(self.kind.table)
-
     def as_json(self) -> dict:
         return {
             "file": str(self.path),
@@ -184,7 +180,7 @@ def read_file(path: Path, flags: tuple[date, date] | None = None) -> FileResult:
     headers = {c: h for c, h in mapped if c}
     positions = [(i, c) for i, (c, _) in enumerate(mapped) if c]
     header_cells = tuple(rows[index].cells)
-    code_column = _code_source(kind, table)
+    code_column = kind.code_column
     seen: dict[tuple[str, ...], list[tuple[int, dict[str, str]]]] = {}
     for raw in rows[index + 1:]:
         if raw.cells == header_cells:
@@ -242,13 +238,6 @@ def _overlapping(earlier: Iterable[tuple[int, dict[str, str]]], row: dict[str, s
         if a <= d and c <= b:
             return line, other
     return None
-
-
-def _code_source(kind: Kind, table: Table) -> str:
-    """The input column holding the code reported for a set-aside row."""
-    return {"asp_crosswalk": "hcpcs", "asp_pricing": "hcpcs", "pfs_rvu": "hcpcs",
-            "opps_addendum_b": "hcpcs", "pfs_gpci": "locality", "mue_practitioner": "code",
-            "ncci_ptp": "column1", "addon_codes": "addon_code"}.get(kind.name, table.code)
 
 
 # --------------------------------------------------------------------------------------

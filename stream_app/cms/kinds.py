@@ -137,6 +137,8 @@ class Kind:
     # The header spans several rows (PPRRVU): each column's name is its cells in the
     # non-blank rows directly above the key row and the key row itself, joined by spaces.
     stacked_header: bool = False
+    # The input column named with a set-aside row, to find it by eye (e.g. J7331).
+    code_column: str = "hcpcs"
     _compiled: list[tuple[re.Pattern[str], str]] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
@@ -432,6 +434,7 @@ PFS_GPCI = Kind(
     required=("mac", "locality", "pw_gpci", "pe_gpci", "mp_gpci"),
     parse=_gpci,
     year_patterns=(r"\bcy (\d{4}) geographic", r"\b(\d{4}) pw gpci"),
+    code_column="locality",
 )
 
 OPPS_ADDENDUM_B = Kind(
@@ -461,6 +464,7 @@ MUE_PRACTITIONER = Kind(
     ),
     required=("code", "value", "mai"),
     parse=_mue,
+    code_column="code",
 )
 
 NCCI_PTP = Kind(
@@ -477,6 +481,7 @@ NCCI_PTP = Kind(
     required=("column1", "column2", "effective", "deletion", "modifier_indicator"),
     parse=_ptp,
     dated_by="rows",
+    code_column="column1",
 )
 
 def _aoc_date(name: str) -> str:
@@ -502,6 +507,7 @@ ADDON_CODES = Kind(
     required=("addon_code", "primary_code", "aoc_effective"),
     parse=_addon,
     dated_by="rows",
+    code_column="addon_code",
 )
 
 #: Recognised but not imported: the locality <-> county list is for people choosing a
