@@ -223,3 +223,15 @@ def test_reimporting_a_quarter_changes_nothing(imported, tmp_path):
     for summary in report.files:
         assert summary.changes["codes_added"] == summary.changes["codes_removed"] == []
         assert summary.changes["values_changed"] == []
+
+
+def test_cp1252_bytes_are_read_as_text(imported):
+    into, _ = imported
+    raw = (Q2025 / "asp-pricing.csv").read_bytes()
+    assert b"1 million\xa0PFU" in raw  # a cp1252 non-breaking space inside the dosage
+    rows = table_rows(into / "asp_payment_limits.csv")
+    (talimogene,) = in_force(rows, date(2025, 2, 10), hcpcs="J9325")
+    assert talimogene["dosage"] == "1 MILLION PFU"
+    crosswalk = table_rows(into / "ndc_hcpcs_crosswalk.csv")
+    (vutrisiran,) = in_force(crosswalk, date(2025, 2, 10), NDC2="71336-1003-01")
+    assert vutrisiran["Drug Name"] == "Amvuttra"  # "Amvuttra\xa0" in the file
