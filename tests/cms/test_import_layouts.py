@@ -337,3 +337,19 @@ def test_the_hospital_mue_table_of_the_same_zip_is_recognised_and_not_imported(t
     assert len(_result(report, practitioner).rows) == 2
     assert "mue-hospital-example.csv: MUE outpatient hospital / DME table (recognised, not " \
            "imported)" in report.text()
+
+
+def test_python_dash_m_stream_app_rules_import(tmp_path):
+    import subprocess
+    import sys
+
+    pricing = _pricing(tmp_path, ["J0696,Ceftriaxone sodium injection,250 MG,0.446,20.000,,,,,,,",
+                                  "J1100,Dexamethasone sodium phos,1 MG,N/A,20.000,,,,,,,"])
+    into = tmp_path / "rules"
+    done = subprocess.run([sys.executable, "-m", "stream_app", "rules", "import", str(pricing),
+                           "--into", str(into), "--strict"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "rows read 2, imported 1, set aside 1" in done.stdout
+    assert "--strict: 1 row(s) set aside" in done.stderr
+    assert [r["hcpcs"] for r in table_rows(into / "asp_payment_limits.csv")] == ["J0696"]
