@@ -328,11 +328,15 @@ def _row_dated_changes(table: Table, existing: list[dict[str, str]],
     old = {key(r): r for r in existing}
     added = [r for r in new if key(r) not in old]
     changed = [r for r in new if key(r) in old and content(old[key(r)]) != content(r)]
+    values = [{"key": "/".join(key(r)[:-1]), "column": column,
+               "from": old[key(r)].get(column, ""), "to": r.get(column, "")}
+              for r in changed for column in (*table.compared, EFFECTIVE_TO)
+              if not _same(old[key(r)].get(column, ""), r.get(column, ""))]
     return {"compared_with": "rows already in the table" if existing else None,
             "rows_added": len(added), "rows_changed": len(changed),
             "codes_added": sorted({r[table.code] for r in added}
                                   - {r[table.code] for r in existing}),
-            "codes_removed": [], "values_changed": []}
+            "codes_removed": [], "values_changed": values}
 
 
 # --------------------------------------------------------------------------------------

@@ -271,6 +271,8 @@ def test_a_reissued_ptp_edit_replaces_the_old_row_and_overlaps_in_one_file_are_s
     import_files([first], into)
     report = import_files([second], into)
     assert [(r.line, r.code) for r in _result(report, second).set_aside] == [(6, "96365")]
+    assert _result(report, second).changes["values_changed"] == [
+        {"key": "99213/96372", "column": "effective_to", "from": "", "to": "2025-06-30"}]
     rows = table_rows(into / "ncci_ptp.csv")
     pair = [r for r in rows if (r["column1"], r["column2"]) == ("99213", "96372")]
     assert [(r["effective_to"], r["deletion_date"]) for r in pair] == [
