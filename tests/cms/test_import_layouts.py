@@ -355,3 +355,21 @@ def test_python_dash_m_stream_app_rules_import(tmp_path):
     assert "rows read 2, imported 1, set aside 1" in done.stdout
     assert "--strict: 1 row(s) set aside" in done.stderr
     assert [r["hcpcs"] for r in table_rows(into / "asp_payment_limits.csv")] == ["J0696"]
+
+
+def test_hand_kept_tables_in_the_directory_are_left_as_they_are(tmp_path):
+    packaged = Path(__file__).resolve().parents[2] / "stream_app" / "rules"
+    into = tmp_path / "rules"
+    into.mkdir()
+    kept = ("reason_codes.csv", "code_sets.csv", "facility_pos.csv", "fee_schedule.csv",
+            "hcpcs_units.csv", "frequency_limits.csv", "payer_profiles.csv")
+    for name in kept:
+        shutil.copy(packaged / name, into / name)
+    before = {name: (into / name).read_bytes() for name in kept}
+    import_files([_pricing(tmp_path, ["J0696,Ceftriaxone sodium injection,250 MG,0.446,"
+                                      "20.000,,,,,,,"]),
+                  _write(tmp_path / "mue-example.csv", MUE_EXAMPLE)],
+                 into, date(2025, 1, 1), date(2025, 3, 31))
+    assert {name: (into / name).read_bytes() for name in kept} == before
+    assert sorted(p.name for p in into.iterdir()) == sorted(
+        [*kept, "asp_payment_limits.csv", "mue.csv", REPORT_FILE])
