@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stream_app.replay", "run the engine over NDJSON files, write the decisions"),
     "generate": ("stream_app.devtools.generate", "write or produce a synthetic EHR event stream"),
     "demo": ("stream_app.devtools.demo", "end-to-end demo on the local Kafka"),
+    "rules": ("stream_app.cms.command", "rule data: import CMS quarterly files (rules import)"),
 }
 
 EXIT_UNAVAILABLE = 2
