@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import datetime
 
@@ -372,10 +371,8 @@ def test_records_target():
     assert 5700 <= len(s.events) <= 6300
 
 
-def test_generation_speed():
-    t0 = time.perf_counter()
+def test_large_stream_reaches_its_target():
+    # How fast this runs is a benchmark's question (make bench), not a test's.
     s = g.generate_stream(12, records=100_000)
     lines = sum(1 for _ in s.iter_ndjson())
-    elapsed = time.perf_counter() - t0
-    assert lines >= 95_000
-    assert elapsed < 10.0, f"{elapsed:.1f} s for 100k records"
+    assert 95_000 <= lines <= 105_000
