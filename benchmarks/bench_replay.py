@@ -27,8 +27,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_app.engine.core import Engine  # noqa: E402
-from stream_app.engine.ruledata import RuleSet  # noqa: E402
+from stream_app.engine import Engine, RuleSet  # noqa: E402
 from stream_app.generate import generate_events  # noqa: E402
 from stream_app.replay import replay  # noqa: E402
 

@@ -25,11 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_app.engine.core import Engine  # noqa: E402
-from stream_app.engine.engine import EngineSettings  # noqa: E402
-from stream_app.engine.records import DeadLetter, parse_record  # noqa: E402
-from stream_app.engine.ruledata import RuleSet  # noqa: E402
-from stream_app.engine.state import PatientState  # noqa: E402
+from stream_app.engine import (  # noqa: E402
+    DeadLetter,
+    Engine,
+    EngineSettings,
+    PatientState,
+    RuleSet,
+    parse_record,
+)
 from stream_app.generate import generate_stream  # noqa: E402
 from stream_app.streaming import codecs  # noqa: E402
 from stream_app.streaming.processor import Item, Stage2, TableAccess, patient_key  # noqa: E402

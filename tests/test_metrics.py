@@ -234,7 +234,7 @@ def test_configured_topics_including_prefix():
 def test_reason_table_matches_contract_and_engine_dead_letter_codes():
     assert len(M.REASON_CODES) == 23
     assert {q for _, q in M.REASON_CODES.values()} == set(M.WORK_QUEUES)
-    from stream_app.engine import records
+    from stream_app import vocabulary as records
 
     assert set(M.DEAD_LETTER_CODES) == {getattr(records, c) for c in M.DEAD_LETTER_CODES}
 

@@ -22,17 +22,11 @@ from hashlib import blake2b
 from operator import attrgetter
 from pathlib import Path
 
+from stream_app import vocabulary as V
 from stream_app.engine import normalise as nz
-from stream_app.engine import reasons as R
-from stream_app.engine.records import (
-    ADMINISTRATION,
-    DISPENSE,
-    EM_SERVICE,
-    Administration,
-    Dispense,
-    EMService,
-)
+from stream_app.engine.records import Administration, Dispense, EMService
 from stream_app.engine.ruledata import RuleSet
+from stream_app.vocabulary import ADMINISTRATION, DISPENSE, EM_SERVICE
 
 ROLE_ADMIN = "admin"
 ROLE_INFUSION_HOURS = "infusion_hours"
@@ -355,7 +349,7 @@ class Evaluator:
             for g in day_facts[:i]:
                 if g.drug_id == f.drug_id and _minutes(g.rec.occurred_at, f.rec.occurred_at) <= window:
                     f.duplicate = True
-                    _alert(alerts, R.DUPLICATE_SERVICE, f.rec, "rec:" + f.rec.record_id,
+                    _alert(alerts, V.DUPLICATE_SERVICE, f.rec, "rec:" + f.rec.record_id,
                            f.rec.charge_code, [],
                            f"Administration {f.rec.record_id} repeats administration "
                            f"{g.rec.record_id} of the same drug within {window} minutes",
@@ -370,13 +364,13 @@ class Evaluator:
         """Administration code per record (billing-rules §1; contract 'Lines the validator
         derives'), sequencing pushes, infusions, vaccines and allergen injections."""
         d = self.d
-        has_infusion = any(f.route == nz.IV_INFUSION and not f.duplicate for f in day_facts)
+        has_infusion = any(f.route == V.IV_INFUSION and not f.duplicate for f in day_facts)
         initial_taken = False
         last_push_at: dict[str, object] = {}
         push_line_of: dict[str, _AdminFacts] = {}  # drug -> the push whose line covers its repeats
         vaccine_seen = False
         allergen = [f for f in day_facts if f.rec.drug.category == "allergen_immunotherapy"
-                    and f.route in (nz.IM, nz.SC) and not f.duplicate]
+                    and f.route in (V.IM, V.SC) and not f.duplicate]
         for f in day_facts:
             rec, route, cat = f.rec, f.route, f.rec.drug.category
             code: str | None = None
@@ -386,13 +380,13 @@ class Evaluator:
                 why = "procedural"
             elif route is None:
                 why = "uncodable"
-            elif route in (nz.ORAL, nz.OTHER):
+            elif route in (V.ORAL, V.OTHER_ROUTE):
                 why = "not_injection"
-            elif route in (nz.INTRADERMAL, nz.INTRA_ARTICULAR):
+            elif route in (V.INTRADERMAL, V.INTRA_ARTICULAR):
                 why = "procedure_route"
-            elif route == nz.INTRA_ARTERIAL:
+            elif route == V.INTRA_ARTERIAL:
                 code = d.intra_arterial
-            elif route in (nz.IM, nz.SC):
+            elif route in (V.IM, V.SC):
                 if cat == "vaccine":
                     code = d.vaccine["additional" if vaccine_seen else "first"]
                     vaccine_seen = vaccine_seen or commit
@@ -406,10 +400,10 @@ class Evaluator:
                         why = "allergen_grouped"
                 else:
                     code = d.sc_im_codes.get(cat, d.multiple_injection_code)
-            elif route == nz.IV_INFUSION:
+            elif route == V.IV_INFUSION:
                 code = d.infusion["sequential" if initial_taken else "initial"]
                 initial_taken = initial_taken or commit
-            elif route == nz.IV_PUSH:
+            elif route == V.IV_PUSH:
                 prev = last_push_at.get(f.drug_id)
                 if prev is not None and _minutes(prev, rec.occurred_at) < d.same_drug_push_window_minutes:
                     why = "same_push"
@@ -443,20 +437,20 @@ class Evaluator:
         subject = "rec:" + rec.record_id
         day = rec.service_date
         if f.no_code_reason == "not_injection":
-            _alert(alerts, R.NON_INJECTION_ROUTE, rec, subject, proposed, [],
+            _alert(alerts, V.NON_INJECTION_ROUTE, rec, subject, proposed, [],
                    f"{proposed} proposed for a {f.route} administration, which is not an injection",
                    f"Remove {proposed}; a non-injection route has no administration code")
         elif f.no_code_reason == "procedural":
-            _alert(alerts, R.NOT_SEPARATELY_BILLABLE, rec, subject, proposed, [],
+            _alert(alerts, V.NOT_SEPARATELY_BILLABLE, rec, subject, proposed, [],
                    f"{proposed} proposed for an injection integral to a procedure",
                    f"Remove {proposed}; the injection is included in the procedure")
         elif proposed in self.rules.code_set("facility_only", day):
-            _alert(alerts, R.FACILITY_ONLY_CODE, rec, subject, proposed, [],
+            _alert(alerts, V.FACILITY_ONLY_CODE, rec, subject, proposed, [],
                    f"{proposed} is reported on facility claims only",
                    f"Remove {proposed} from the professional claim")
         elif (self.rules.addon_primaries(proposed, day)
               and not self._day_has_code(day_facts, self.rules.addon_primaries(proposed, day))):
-            _alert(alerts, R.ADDON_WITHOUT_PRIMARY, rec, subject, proposed, [],
+            _alert(alerts, V.ADDON_WITHOUT_PRIMARY, rec, subject, proposed, [],
                    f"Add-on {proposed} has no primary code the same day",
                    f"Report the primary code{' ' + f.code if f.code else ''} instead of {proposed}",
                    {"suggested_code": f.code})
@@ -474,7 +468,7 @@ class Evaluator:
             else:
                 msg = f"{proposed} does not apply: {why.get(f.no_code_reason or '', 'no code')}"
                 fix = f"Remove {proposed}"
-            _alert(alerts, R.WRONG_ADMIN_CODE, rec, subject, proposed, [], msg, fix,
+            _alert(alerts, V.WRONG_ADMIN_CODE, rec, subject, proposed, [], msg, fix,
                    {"suggested_code": f.code, "proposed_code": proposed})
 
     @staticmethod
@@ -498,7 +492,7 @@ class Evaluator:
         if code:
             f.lines.append(self._line(patient_id, day, rec, ROLE_ADMIN, code, [], 1,
                                       events + f.grouped_events))
-            if f.route == nz.IV_INFUSION and rec.ended_at is not None and code == f.code:
+            if f.route == V.IV_INFUSION and rec.ended_at is not None and code == f.code:
                 hours = self._additional_infusion_hours(_minutes(rec.occurred_at, rec.ended_at))
                 if hours:
                     f.lines.append(self._line(patient_id, day, rec, ROLE_INFUSION_HOURS,
@@ -525,7 +519,7 @@ class Evaluator:
     def _drug_billable(self, f: _AdminFacts) -> bool:
         if f.rec.drug.category in self.d.no_drug_line_categories["categories"]:
             return False
-        return f.route not in (nz.ORAL, nz.OTHER) or bool(f.rec.drug.hcpcs)
+        return f.route not in (V.ORAL, V.OTHER_ROUTE) or bool(f.rec.drug.hcpcs)
 
     def _drug_lines(self, patient_id: str, day: date, f: _AdminFacts) -> None:
         """Drug supply line (billing-rules §6): HCPCS, units, NDC 11 with N4, quantity and
@@ -616,10 +610,10 @@ class Evaluator:
             ("performer_id", rec.performer_id), ("rendering_npi", rec.rendering_npi),
             ("place_of_service", rec.place_of_service), ("payer_class", rec.payer_class),
         ) if value is None]
-        if rec.ended_at is None and _route(rec.route) in (nz.IV, nz.IV_INFUSION):
+        if rec.ended_at is None and _route(rec.route) in (V.IV, V.IV_INFUSION):
             missing.append("ended_at")
         if missing:
-            _alert(alerts, R.MISSING_DOCUMENTATION, rec, subject, code, [],
+            _alert(alerts, V.MISSING_DOCUMENTATION, rec, subject, code, [],
                    f"Administration {rec.record_id} lacks required documentation: "
                    + ", ".join(missing),
                    "Complete the administration record: " + ", ".join(missing),
@@ -629,13 +623,13 @@ class Evaluator:
         """MISSING_DIAGNOSIS (administrations) and INVALID_DIAGNOSIS_CODE (all lines)."""
         if not rec.diagnosis_codes:
             if required:
-                _alert(alerts, R.MISSING_DIAGNOSIS, rec, subject, code, [],
+                _alert(alerts, V.MISSING_DIAGNOSIS, rec, subject, code, [],
                        f"No ICD-10-CM diagnosis on record {rec.record_id}",
                        "Add the diagnosis that supports medical necessity")
             return
         bad = [i for i, c in enumerate(rec.diagnosis_codes) if not _icd10cm_shaped(c)]
         if bad:
-            _alert(alerts, R.INVALID_DIAGNOSIS_CODE, rec, subject, code, [],
+            _alert(alerts, V.INVALID_DIAGNOSIS_CODE, rec, subject, code, [],
                    f"Diagnosis code position(s) {', '.join(str(i + 1) for i in bad)} on record "
                    f"{rec.record_id} are not ICD-10-CM shaped",
                    "Correct the diagnosis code(s) to valid ICD-10-CM",
@@ -646,7 +640,7 @@ class Evaluator:
         """INVALID_NPI: the Luhn check digit over 80840 + 9 digits (billing-rules §8)."""
         bad = [name for name, value in npis if value is not None and not _npi_valid(value)]
         if bad:
-            _alert(alerts, R.INVALID_NPI, rec, subject, code, [],
+            _alert(alerts, V.INVALID_NPI, rec, subject, code, [],
                    f"{' and '.join(bad)} on record {rec.record_id} fails the NPI check digit",
                    "Correct the NPI from the provider enrollment record", {"fields": bad})
 
@@ -660,7 +654,7 @@ class Evaluator:
         exempt = self.rules.code_set("supervision_exempt_credentials", day)
         if (rec.performer_credential or "").upper() in exempt:
             return
-        _alert(alerts, R.MISSING_SUPERVISION, rec, subject, code, [],
+        _alert(alerts, V.MISSING_SUPERVISION, rec, subject, code, [],
                f"Injection by a {rec.performer_credential or 'performer without credential'} "
                f"at POS {rec.place_of_service} without a supervising NPI",
                "Document the supervising physician/QHP (supervising_npi)",
@@ -673,7 +667,7 @@ class Evaluator:
             return
         if (code in self.rules.code_set("facility_restricted_admin", day)
                 and rec.place_of_service in self.rules.facility_pos(rec.payer_class, day)):
-            _alert(alerts, R.FACILITY_SETTING, rec, subject, code, [],
+            _alert(alerts, V.FACILITY_SETTING, rec, subject, code, [],
                    f"{code} at facility POS {rec.place_of_service} belongs on the facility's claim",
                    f"Remove {code} from the professional claim; the facility bills the administration",
                    {"place_of_service": rec.place_of_service})
@@ -695,7 +689,7 @@ class Evaluator:
         if m["distinct_default"] in mods and mods & xmods:
             bad.append(("59+X", "59 and an X modifier never go together on one line"))
         if bad:
-            _alert(alerts, R.MODIFIER_NOT_ALLOWED, rec, subject, code, [],
+            _alert(alerts, V.MODIFIER_NOT_ALLOWED, rec, subject, code, [],
                    f"Modifier(s) not allowed on {code}: " + "; ".join(b for _, b in bad),
                    "Remove modifier(s) " + ", ".join(a for a, _ in bad) + f" from {code}",
                    {"modifiers": [a for a, _ in bad]})
@@ -709,21 +703,21 @@ class Evaluator:
         disp_raw = [x.ndc for x in f.dispenses if x.ndc]
         disp_ndc = [_ndc11(x) for x in disp_raw]
         if f.ndc_invalid or (not f.ndc11 and disp_raw and not any(disp_ndc)):
-            _alert(alerts, R.INVALID_NDC, rec, subject, code, [],
+            _alert(alerts, V.INVALID_NDC, rec, subject, code, [],
                    f"NDC on record {rec.record_id} cannot be converted to 11 digits (5-4-2)",
                    "Enter the NDC from the package in 4-4-2, 5-3-2, 5-4-1 (hyphenated) or 11 digits",
                    {"source": "administration" if f.ndc_invalid else "dispense"})
             return
         valid_disp = next((n for n in disp_ndc if n), None)
         if f.ndc11 and valid_disp and valid_disp != f.ndc11:
-            _alert(alerts, R.NDC_MISMATCH, rec, subject, code, [],
+            _alert(alerts, V.NDC_MISMATCH, rec, subject, code, [],
                    f"Administration NDC {f.ndc11} differs from the dispensed NDC {valid_disp}",
                    "Confirm which product was given and correct the NDC",
                    {"administration_ndc": f.ndc11, "dispense_ndc": valid_disp})
         if not f.ndc11 and not valid_disp:
-            akey = alert_key(patient_id, day, R.MISSING_NDC, subject)
+            akey = alert_key(patient_id, day, V.MISSING_NDC, subject)
             if settled or open_missing_ndc(day, akey):
-                _alert(alerts, R.MISSING_NDC, rec, subject, code, [],
+                _alert(alerts, V.MISSING_NDC, rec, subject, code, [],
                        f"No NDC for the drug on record {rec.record_id} (administration or dispense)",
                        "Record the NDC from the package, or link the pharmacy dispense (order_id)")
 
@@ -732,14 +726,14 @@ class Evaluator:
         rec = f.rec
         drug_lines = [ln for ln in f.lines if ln.role == ROLE_DRUG]
         if not drug_lines:
-            _alert(alerts, R.DRUG_UNITS_UNKNOWN, rec, subject, self._line_code(f), [],
+            _alert(alerts, V.DRUG_UNITS_UNKNOWN, rec, subject, self._line_code(f), [],
                    f"No HCPCS drug code for the drug on record {rec.record_id}",
                    "Add the HCPCS drug code (J-code) or an NDC found in the NDC-HCPCS crosswalk")
             return
         hcpcs = drug_lines[0].code
         unit = self.rules.billing_unit(hcpcs, day)
         if self._drug_units(rec.drug.dose, rec.drug.dose_unit, unit) is None and rec.drug.dose is not None:
-            _alert(alerts, R.DRUG_UNITS_UNKNOWN, rec, subject, hcpcs, [],
+            _alert(alerts, V.DRUG_UNITS_UNKNOWN, rec, subject, hcpcs, [],
                    f"No billing unit to compute units of {hcpcs} from the documented dose",
                    f"Verify the units of {hcpcs} by hand (billing unit unknown or dose unit incompatible)",
                    {"hcpcs": hcpcs})
@@ -750,7 +744,7 @@ class Evaluator:
         rec = f.rec
         if (self._waste_policy_applies(rec, day) and rec.drug.wasted_amount is None
                 and any(ln.role == ROLE_DRUG for ln in f.lines)):
-            _alert(alerts, R.WASTE_MODIFIER_MISSING, rec, subject, rec.drug.hcpcs, [],
+            _alert(alerts, V.WASTE_MODIFIER_MISSING, rec, subject, rec.drug.hcpcs, [],
                    "Single-dose container without a documented wasted amount: JW or JZ required",
                    "Document the discarded amount (0 for none) so JZ or a JW line can be billed")
 
@@ -789,7 +783,7 @@ class Evaluator:
             for ln in f.lines:
                 prim = self.rules.addon_primaries(ln.code, day)
                 if prim and not (codes & prim) and not f.rec.charge_code:
-                    _alert(alerts, R.ADDON_WITHOUT_PRIMARY, f.rec, "line:" + ln.key, ln.code, [ln],
+                    _alert(alerts, V.ADDON_WITHOUT_PRIMARY, f.rec, "line:" + ln.key, ln.code, [ln],
                            f"Add-on {ln.code} has no primary code the same day",
                            f"Report a primary code ({', '.join(sorted(prim))}) or remove {ln.code}")
 
@@ -812,24 +806,24 @@ class Evaluator:
             mods = set(e.modifiers)
             bundle_99211 = e.payer_class is None or self.rules.payer_profile(e.payer_class, day).bundle_99211
             if injection_day and e.code == self.d.em_99211 and bundle_99211:
-                _alert(alerts, R.EM_99211_SAME_DAY, e, subject, e.code, [ln],
+                _alert(alerts, V.EM_99211_SAME_DAY, e, subject, e.code, [ln],
                        "99211 is not paid with a drug administration code the same day",
                        "Remove 99211; bill the injection alone")
             elif injection_day and not e.separately_identifiable:
-                _alert(alerts, R.EM_NOT_SEPARATELY_IDENTIFIABLE, e, subject, e.code, [ln],
+                _alert(alerts, V.EM_NOT_SEPARATELY_IDENTIFIABLE, e, subject, e.code, [ln],
                        f"E/M {e.code} on an injection day without a separately identifiable service",
                        f"Document a significant, separately identifiable E/M, or remove {e.code}")
             elif injection_day and m["separate_em"] not in mods:
-                _alert(alerts, R.EM_MISSING_MODIFIER_25, e, subject, e.code, [ln],
+                _alert(alerts, V.EM_MISSING_MODIFIER_25, e, subject, e.code, [ln],
                        f"E/M {e.code} on the same day as an injection needs modifier 25",
                        f"Append modifier 25 to {e.code}")
             bad = sorted(mods & self.rules.code_set("distinct_modifiers", day))
             if bad:
-                _alert(alerts, R.MODIFIER_NOT_ALLOWED, e, subject, e.code, [ln],
+                _alert(alerts, V.MODIFIER_NOT_ALLOWED, e, subject, e.code, [ln],
                        f"Modifier(s) {', '.join(bad)} not allowed on E/M {e.code}",
                        f"Remove {', '.join(bad)} from {e.code}", {"modifiers": bad})
             if e.rendering_npi is not None and not _npi_valid(e.rendering_npi):
-                _alert(alerts, R.INVALID_NPI, e, subject, e.code, [ln],
+                _alert(alerts, V.INVALID_NPI, e, subject, e.code, [ln],
                        f"rendering_npi on record {e.record_id} fails the NPI check digit",
                        "Correct the NPI from the provider enrollment record",
                        {"fields": ["rendering_npi"]})
@@ -858,8 +852,8 @@ class Evaluator:
                 running += ln.units
                 if running > mue.value:
                     excess.append(ln)
-            sev = "warn" if mue.mai == 1 else "block"
-            _alert(alerts, R.MUE_EXCEEDED, excess[0].record, "code:" + code, code, excess,
+            sev = V.WARN if mue.mai == 1 else V.BLOCK
+            _alert(alerts, V.MUE_EXCEEDED, excess[0].record, "code:" + code, code, excess,
                    f"{total} units of {code} on one day exceed the MUE of {mue.value}",
                    f"Verify the units of {code}; units beyond {mue.value} need documentation "
                    "or appeal" if mue.mai != 2 else f"Reduce {code} to {mue.value} units",
@@ -890,7 +884,7 @@ class Evaluator:
                     if other.code == ln.code and other.record.payer_class == payer and start <= d2:
                         prior += 1
                 if prior >= lim.max_services:
-                    _alert(day_alerts[day], R.FREQUENCY_LIMIT, ln.record, "line:" + ln.key,
+                    _alert(day_alerts[day], V.FREQUENCY_LIMIT, ln.record, "line:" + ln.key,
                            ln.code, [ln],
                            f"{ln.code} exceeds {lim.max_services} per {lim.period_days} days "
                            f"for {payer}",
@@ -916,7 +910,7 @@ class Evaluator:
                 concerned = view.lines.get(k)
                 if concerned is None:
                     continue
-                if sev == "block":
+                if sev == V.BLOCK:
                     concerned.held = True
                 else:
                     concerned.warnings.add(a.reason_code)

@@ -15,16 +15,8 @@ from operator import attrgetter
 
 import orjson
 
-from stream_app.engine.records import (
-    ADMINISTRATION,
-    DISPENSE,
-    EM_SERVICE,
-    Administration,
-    Dispense,
-    Drug,
-    EMService,
-    InputRecord,
-)
+from stream_app.engine.records import Administration, Dispense, Drug, EMService, InputRecord
+from stream_app.vocabulary import ADMINISTRATION, DISPENSE, EM_SERVICE
 
 LAYOUT = 2  # of PatientState.to_bytes(); from_bytes() also reads layout 1
 

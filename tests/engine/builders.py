@@ -20,11 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.engine.core import Engine
-from stream_app.engine.derive import Derivation
-from stream_app.engine.engine import ALERT, LINE, EngineSettings, Outcome
-from stream_app.engine.records import DeadLetter, parse_record
-from stream_app.engine.ruledata import RuleSet
+from stream_app.engine import DeadLetter, Derivation, Engine, EngineSettings, Outcome, RuleSet, parse_record
+from stream_app.vocabulary import ALERT, LINE
 
 DROP = object()
 

@@ -9,10 +9,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.engine.core import Engine
-from stream_app.engine.engine import EngineSettings
-from stream_app.engine.records import DeadLetter, parse_record
-from stream_app.engine.ruledata import RuleSet
+from stream_app.engine import DeadLetter, Engine, EngineSettings, RuleSet, parse_record
 from stream_app.replay import settled_view
 
 RULES = RuleSet.load()

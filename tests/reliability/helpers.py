@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.engine.records import DeadLetter, parse_record
+from stream_app.engine import DeadLetter, parse_record
 from tests.streaming.harness import ALERTS, DEAD, LINES, REPO
 
 KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
