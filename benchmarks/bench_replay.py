@@ -27,9 +27,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_app.engine import Engine, RuleSet  # noqa: E402
+from stream_app.engine import Engine  # noqa: E402
 from stream_app.generate import generate_events  # noqa: E402
 from stream_app.replay import replay  # noqa: E402
+from stream_app.rules import load_rules  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -74,7 +75,7 @@ def main(argv=None) -> dict:
 
     parse_s, _ = best_of(args.repeat, parse_only)
 
-    engine = Engine(RuleSet.load())
+    engine = Engine(load_rules())
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()

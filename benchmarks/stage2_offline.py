@@ -30,10 +30,10 @@ from stream_app.engine import (  # noqa: E402
     Engine,
     EngineSettings,
     PatientState,
-    RuleSet,
     parse_record,
 )
 from stream_app.generate import generate_stream  # noqa: E402
+from stream_app.rules import load_rules  # noqa: E402
 from stream_app.streaming import codecs  # noqa: E402
 from stream_app.streaming.processor import Item, Stage2, TableAccess, patient_key  # noqa: E402
 
@@ -71,7 +71,7 @@ class CountingEngine:
 
 def run(values: list[bytes], batch: int, partitions: int, cache_size: int,
         trace: bool = False) -> dict:
-    engine = CountingEngine(Engine(RuleSet.load(), EngineSettings(
+    engine = CountingEngine(Engine(load_rules(), EngineSettings(
         settle_seconds=FAR, close_after_seconds=FAR)))
     stage2 = Stage2(engine, PatientState, cache_size=cache_size)
     tables: dict[int, dict] = defaultdict(dict)

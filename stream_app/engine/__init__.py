@@ -6,7 +6,6 @@ arrives loaded (stream_app/rules/loader.py reads the files).
 """
 
 from stream_app.engine.decisions import Decision, EngineSettings, Outcome
-from stream_app.engine.derive import Derivation
 from stream_app.engine.engine import Engine
 from stream_app.engine.parse import parse_record
 from stream_app.engine.records import (
@@ -17,12 +16,22 @@ from stream_app.engine.records import (
     EMService,
     InputRecord,
 )
-from stream_app.engine.ruledata import BillingUnit, Mue, PayerProfile, RuleDataError, RuleSet
+from stream_app.engine.ruledata import (
+    BillingUnit,
+    Derivation,
+    FrequencyLimit,
+    Mue,
+    PayerProfile,
+    ReasonInfo,
+    RuleDataError,
+    RuleSet,
+)
 from stream_app.engine.state import LAYOUT as STATE_LAYOUT
 from stream_app.engine.state import PatientState
 
 __all__ = [
     "STATE_LAYOUT", "Administration", "BillingUnit", "DeadLetter", "Decision", "Derivation",
-    "Dispense", "Drug", "EMService", "Engine", "EngineSettings", "InputRecord", "Mue",
-    "Outcome", "PatientState", "PayerProfile", "RuleDataError", "RuleSet", "parse_record",
+    "Dispense", "Drug", "EMService", "Engine", "EngineSettings", "FrequencyLimit",
+    "InputRecord", "Mue", "Outcome", "PatientState", "PayerProfile", "ReasonInfo",
+    "RuleDataError", "RuleSet", "parse_record",
 ]

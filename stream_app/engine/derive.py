@@ -4,15 +4,15 @@ and correction alerts (contract.md §3, billing-rules.md).
 `evaluate_patient()` is a pure function of the *set* of current record versions (arrival
 order never matters: every choice sorts by `occurred_at`, then `record_id`). It returns a
 `DayView` per service date with every derivable line, the alerts raised, and which lines
-those alerts hold. Emission bookkeeping (revisions, void/resolved) is in core.py.
+those alerts hold. Emission bookkeeping (revisions, void/resolved) is in engine.py.
 
-Each rule is a small function named after what it checks; the reason code constants in
-reasons.py are the way in: search for one and you land on the rule that raises it.
+Each rule is a small function named after what it checks; the reason codes are raised as
+`V.<CODE>` (stream_app/vocabulary.py): search for one and you land on the rule that
+raises it, its row in rules/reason_codes.csv and its tests.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,12 +20,11 @@ from datetime import date, timedelta
 from functools import lru_cache
 from hashlib import blake2b
 from operator import attrgetter
-from pathlib import Path
 
 from stream_app import vocabulary as V
 from stream_app.engine import normalise as nz
 from stream_app.engine.records import Administration, Dispense, EMService
-from stream_app.engine.ruledata import RuleSet
+from stream_app.engine.ruledata import Derivation, RuleSet
 from stream_app.vocabulary import ADMINISTRATION, DISPENSE, EM_SERVICE
 
 ROLE_ADMIN = "admin"
@@ -33,93 +32,6 @@ ROLE_INFUSION_HOURS = "infusion_hours"
 ROLE_DRUG = "drug"
 ROLE_DRUG_WASTE = "drug_waste"
 ROLE_EM = "em"
-
-
-@dataclass(frozen=True)
-class Derivation:
-    """rules/derivation.json: the coding table for administrations and drug lines."""
-
-    raw: dict
-
-    @classmethod
-    def load(cls, directory: str | Path | None = None) -> Derivation:
-        from stream_app.engine.ruledata import RuleDataError
-
-        path = Path(directory) / "derivation.json" if directory else None
-        if path is None or not path.exists():
-            path = Path(__file__).resolve().parent.parent / "rules" / "derivation.json"
-        text = path.read_text()
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:  # fail fast, naming file, line and column
-            raise RuleDataError(str(path), exc.lineno, exc.colno, exc.msg) from None
-        if not isinstance(raw, dict):
-            raise RuleDataError(str(path), 1, 1, "must be a JSON object")
-        # Every setting must be present with its type: a missing one would otherwise only
-        # surface on the first record that needs it, after the worker joined its group.
-        for key, want in _DERIVATION_SCHEMA.items():
-            line = next((n for n, ln in enumerate(text.splitlines(), 1) if f'"{key}"' in ln), 1)
-            if key not in raw:
-                raise RuleDataError(str(path), 1, key, f"required setting {key!r} is missing")
-            if not _matches(raw[key], want):
-                raise RuleDataError(str(path), line, key, f"{key!r} must be {_describe(want)}")
-        return cls(raw)
-
-    def __post_init__(self):
-        # Settings become plain instance attributes: the rules read them in their inner
-        # loops, and a normal attribute look-up skips the __getattr__ call below.
-        for name, value in self.raw.items():
-            if isinstance(name, str) and not hasattr(type(self), name):
-                object.__setattr__(self, name, value)
-
-    def __getattr__(self, name: str):
-        try:
-            return self.raw[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-_NUMBER = (int, float)
-# derivation.json: setting -> expected shape (a type, or a dict of sub-keys -> type).
-_DERIVATION_SCHEMA: dict[str, object] = {
-    "push_max_minutes": _NUMBER,
-    "same_drug_push_window_minutes": _NUMBER,
-    "duplicate_window_minutes": _NUMBER,
-    "infusion_first_hour_minutes": _NUMBER,
-    "infusion_additional_hour_past_minutes": _NUMBER,
-    "sc_im_codes": {"therapeutic": str, "prophylactic": str, "diagnostic": str,
-                    "antineoplastic": str, "hormonal_antineoplastic": str},
-    "vaccine": {"first": str, "additional": str},
-    "allergen_immunotherapy": {"one": str, "two_or_more": str},
-    "intra_arterial": str,
-    "push": {"initial": str, "sequential": str, "same_drug_repeat": str},
-    "infusion": {"initial": str, "sequential": str, "additional_hour": str},
-    "multiple_injection_code": str,
-    "no_drug_line_categories": {"categories": list},
-    "ndc_unit_from_dose": dict,
-    "dose_unit_scale": dict,
-    "modifiers": {"separate_em": str, "distinct_default": str, "repeat_same_provider": str,
-                  "repeat_other_provider": str, "repeat_lab": str, "waste": str,
-                  "no_waste": str},
-    "em_99211": str,
-}
-
-
-def _matches(value, want) -> bool:
-    if isinstance(want, dict):
-        return isinstance(value, dict) and all(
-            k in value and _matches(value[k], t) for k, t in want.items())
-    if want is _NUMBER:
-        return isinstance(value, _NUMBER) and not isinstance(value, bool) and value >= 0
-    return isinstance(value, want)
-
-
-def _describe(want) -> str:
-    if isinstance(want, dict):
-        return "an object with " + ", ".join(f"{k!r}" for k in want)
-    if want is _NUMBER:
-        return "a number >= 0"
-    return {str: "a string", list: "a list", dict: "an object"}.get(want, str(want))
 
 
 def _key(*parts: str) -> str:
@@ -210,16 +122,25 @@ def _alert(day_alerts: list[Alert], reason: str, rec, subject: str, code, lines,
 
 
 class _CachedRules:
-    """RuleSet look-ups memoised per (arguments): the same codes and service dates recur
-    on every evaluation, and rule data never changes while the engine runs."""
+    """The RuleSet look-ups the rules call, memoised per arguments: the same codes and
+    service dates recur on every evaluation, and rule data never changes while the engine
+    runs. Listed one by one so a misspelt look-up fails when the engine is built."""
+
+    __slots__ = ("addon_primaries", "billing_unit", "code_set", "facility_pos", "fee",
+                 "frequency_limits", "hcpcs_for_ndc", "mue", "payer_profile", "reason")
 
     def __init__(self, rules: RuleSet):
-        self._rules = rules
-
-    def __getattr__(self, name: str):
-        fn = lru_cache(maxsize=8192)(getattr(self._rules, name))
-        setattr(self, name, fn)
-        return fn
+        cache = lru_cache(maxsize=8192)
+        self.addon_primaries = cache(rules.addon_primaries)
+        self.billing_unit = cache(rules.billing_unit)
+        self.code_set = cache(rules.code_set)
+        self.facility_pos = cache(rules.facility_pos)
+        self.fee = cache(rules.fee)
+        self.frequency_limits = cache(rules.frequency_limits)
+        self.hcpcs_for_ndc = cache(rules.hcpcs_for_ndc)
+        self.mue = cache(rules.mue)
+        self.payer_profile = cache(rules.payer_profile)
+        self.reason = cache(rules.reason)
 
 
 # Small caches: providers, drugs and diagnosis codes repeat; per-record values (ids,
@@ -233,9 +154,9 @@ _icd10cm_shaped = lru_cache(maxsize=8192)(nz.icd10cm_shaped)
 class Evaluator:
     """Holds the rule data; `evaluate_patient` is the pure derivation."""
 
-    def __init__(self, rules: RuleSet, derivation: Derivation):
+    def __init__(self, rules: RuleSet):
         self.rules = _CachedRules(rules)
-        self.d = derivation
+        self.d: Derivation = rules.derivation
         self._fee = self.rules.fee
 
     # ------------------------------------------------------------------ entry point
@@ -388,20 +309,23 @@ class Evaluator:
                 code = d.intra_arterial
             elif route in (V.IM, V.SC):
                 if cat == "vaccine":
-                    code = d.vaccine["additional" if vaccine_seen else "first"]
+                    code = d.vaccine.additional if vaccine_seen else d.vaccine.first
                     vaccine_seen = vaccine_seen or commit
                 elif cat == "allergen_immunotherapy":
                     if allergen and allergen[0] is f:
-                        code = d.allergen_immunotherapy["one" if len(allergen) == 1 else "two_or_more"]
+                        code = (d.allergen_immunotherapy.one if len(allergen) == 1
+                                else d.allergen_immunotherapy.two_or_more)
                         # 95117 reports every allergen injection of the day: its line names
                         # each of their events, not only the first's.
                         f.grouped_events = tuple(g.rec.event_id for g in allergen[1:])
                     else:
                         why = "allergen_grouped"
                 else:
-                    code = d.sc_im_codes.get(cat, d.multiple_injection_code)
+                    code = d.sc_im_codes.for_category(cat)
+                    if code is None:
+                        code = d.multiple_injection_code
             elif route == V.IV_INFUSION:
-                code = d.infusion["sequential" if initial_taken else "initial"]
+                code = d.infusion.sequential if initial_taken else d.infusion.initial
                 initial_taken = initial_taken or commit
             elif route == V.IV_PUSH:
                 prev = last_push_at.get(f.drug_id)
@@ -414,9 +338,9 @@ class Evaluator:
                 elif prev is not None:
                     why = "facility_only"  # 96376: facility claims only, no professional line
                 elif has_infusion or initial_taken:
-                    code = d.push["sequential"]
+                    code = d.push.sequential
                 else:
-                    code = d.push["initial"]
+                    code = d.push.initial
                     initial_taken = initial_taken or commit
                 if commit:
                     last_push_at[f.drug_id] = rec.occurred_at
@@ -496,7 +420,7 @@ class Evaluator:
                 hours = self._additional_infusion_hours(_minutes(rec.occurred_at, rec.ended_at))
                 if hours:
                     f.lines.append(self._line(patient_id, day, rec, ROLE_INFUSION_HOURS,
-                                              self.d.infusion["additional_hour"], [], hours, events))
+                                              self.d.infusion.additional_hour, [], hours, events))
         self._drug_lines(patient_id, day, f)
 
     def _additional_infusion_hours(self, minutes: float) -> int:
@@ -517,7 +441,7 @@ class Evaluator:
     # ------------------------------------------------------------------ drug lines
 
     def _drug_billable(self, f: _AdminFacts) -> bool:
-        if f.rec.drug.category in self.d.no_drug_line_categories["categories"]:
+        if f.rec.drug.category in self.d.no_drug_line_categories.categories:
             return False
         return f.route not in (V.ORAL, V.OTHER_ROUTE) or bool(f.rec.drug.hcpcs)
 
@@ -541,17 +465,18 @@ class Evaluator:
         if disp is not None:
             qty, qty_unit = disp.quantity, disp.quantity_unit
         elif drug.dose is not None and drug.dose_unit in self.d.ndc_unit_from_dose:
-            qty_unit, factor = self.d.ndc_unit_from_dose[drug.dose_unit]
+            conversion = self.d.ndc_unit_from_dose[drug.dose_unit]
+            qty_unit, factor = conversion.unit, conversion.factor
             qty = round(drug.dose * factor, 3)
         modifiers: list[str] = []
         waste_line = None
         if self._waste_policy_applies(rec, day):
             if drug.wasted_amount == 0:
-                modifiers = [self.d.modifiers["no_waste"]]
+                modifiers = [self.d.modifiers.no_waste]
             elif drug.wasted_amount is not None:
                 waste_units = self._drug_units(drug.wasted_amount, drug.dose_unit, unit) or 1
                 waste_line = self._line(patient_id, day, rec, ROLE_DRUG_WASTE, hcpcs,
-                                        [self.d.modifiers["waste"]], waste_units, events)
+                                        [self.d.modifiers.waste], waste_units, events)
         main = self._line(patient_id, day, rec, ROLE_DRUG, hcpcs, modifiers, units, events)
         for ln in (main, waste_line):
             if ln is None:
@@ -571,9 +496,9 @@ class Evaluator:
             return None
         scale = self.d.dose_unit_scale
         have, want = scale.get(dose_unit), scale.get(unit.unit)
-        if have is None or want is None or have[0] != want[0]:
+        if have is None or want is None or have.unit != want.unit:
             return None
-        q = amount * have[1] / (unit.amount * want[1])
+        q = amount * have.factor / (unit.amount * want.factor)
         return max(1, int(math.ceil(q - 1e-9)))
 
     # ------------------------------------------------------------------ record checks
@@ -680,13 +605,13 @@ class Evaluator:
         m = self.d.modifiers
         xmods = self.rules.code_set("x_modifiers", rec.service_date)
         bad = []
-        if m["separate_em"] in mods:
-            bad.append((m["separate_em"], "modifier 25 belongs on the E/M line, never on an injection"))
-        if m["repeat_lab"] in mods:
-            bad.append((m["repeat_lab"], "modifier 91 is for repeat lab tests"))
-        if m["waste"] in mods and m["no_waste"] in mods:
+        if m.separate_em in mods:
+            bad.append((m.separate_em, "modifier 25 belongs on the E/M line, never on an injection"))
+        if m.repeat_lab in mods:
+            bad.append((m.repeat_lab, "modifier 91 is for repeat lab tests"))
+        if m.waste in mods and m.no_waste in mods:
             bad.append(("JW+JZ", "JW and JZ never go together"))
-        if m["distinct_default"] in mods and mods & xmods:
+        if m.distinct_default in mods and mods & xmods:
             bad.append(("59+X", "59 and an X modifier never go together on one line"))
         if bad:
             _alert(alerts, V.MODIFIER_NOT_ALLOWED, rec, subject, code, [],
@@ -766,10 +691,10 @@ class Evaluator:
                 first = first_by_drug.get(f.drug_id)
                 if count and first is not None:
                     same = (first.rendering_npi or "") == (f.rec.rendering_npi or "")
-                    ln.modifiers.append(m["repeat_same_provider" if same else "repeat_other_provider"])
+                    ln.modifiers.append(m.repeat_same_provider if same else m.repeat_other_provider)
                 elif count:
                     prof = self.rules.payer_profile(f.rec.payer_class or "", day)
-                    ln.modifiers.append(prof.distinct_modifier or m["distinct_default"])
+                    ln.modifiers.append(prof.distinct_modifier or m.distinct_default)
                 first_by_drug.setdefault(f.drug_id, f.rec)
                 count += 1
 
@@ -813,7 +738,7 @@ class Evaluator:
                 _alert(alerts, V.EM_NOT_SEPARATELY_IDENTIFIABLE, e, subject, e.code, [ln],
                        f"E/M {e.code} on an injection day without a separately identifiable service",
                        f"Document a significant, separately identifiable E/M, or remove {e.code}")
-            elif injection_day and m["separate_em"] not in mods:
+            elif injection_day and m.separate_em not in mods:
                 _alert(alerts, V.EM_MISSING_MODIFIER_25, e, subject, e.code, [ln],
                        f"E/M {e.code} on the same day as an injection needs modifier 25",
                        f"Append modifier 25 to {e.code}")

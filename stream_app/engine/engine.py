@@ -20,7 +20,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from stream_app.engine.decisions import Decision, EngineSettings, Outcome
-from stream_app.engine.derive import Alert, DayView, Derivation, Evaluator, Line
+from stream_app.engine.derive import Alert, DayView, Evaluator, Line
 from stream_app.engine.ruledata import RuleSet
 from stream_app.engine.state import DayState, Emitted, PatientState
 from stream_app.vocabulary import ALERT, ALERT_STATES, LINE, LINE_STATES
@@ -37,11 +37,11 @@ def _end_of_day(day: date, tz: str) -> float:
 
 
 class Engine:
-    def __init__(self, rules: RuleSet, settings: EngineSettings | None = None,
-                 derivation: Derivation | None = None):
+    def __init__(self, rules: RuleSet, settings: EngineSettings | None = None):
+        """`rules`: loaded rule data, coding table included (stream_app.rules.load_rules)."""
         self.rules = rules
         self.settings = settings or EngineSettings()
-        self.evaluator = Evaluator(rules, derivation or Derivation.load())
+        self.evaluator = Evaluator(rules)
 
     # ------------------------------------------------------------------ public API
 

@@ -9,10 +9,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.engine import DeadLetter, Engine, EngineSettings, RuleSet, parse_record
+from stream_app.engine import DeadLetter, Engine, EngineSettings, parse_record
 from stream_app.replay import settled_view
+from stream_app.rules import load_rules
 
-RULES = RuleSet.load()
+RULES = load_rules()
 ENGINE = Engine(RULES, EngineSettings(settle_seconds=900))
 
 DRUGS = [
