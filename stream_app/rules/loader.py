@@ -563,7 +563,10 @@ def _typed(label: str, text: str, value: Any, want: Any, path: str) -> Any:
 
 
 def _derivation(label: str, data: bytes) -> Derivation:
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RuleDataError(label, 1, 1, f"not UTF-8 (byte {exc.start})") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
