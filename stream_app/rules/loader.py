@@ -603,6 +603,7 @@ def load_rules(rules_dir: str | Path | None = None) -> RuleSet:
         files[name] = label
     label, data = _read_source(directory, DERIVATION_FILE)
     derivation = _derivation(label, data)
+    files[DERIVATION_FILE] = label
     rules = RuleSet(tables, derivation, files)
-    log.info("rule data loaded: %s, %s", ", ".join(files.values()), label)
+    log.info("rule data loaded: %s", ", ".join(files.values()))
     return rules

@@ -1,4 +1,4 @@
-"""Property (issue 3): for generated multi-record patient-days with amendments,
+"""Property: for generated multi-record patient-days with amendments,
 withdrawals, redeliveries and dispenses, any arrival order and any batching gives the same
 settled view (contract.md §3), and every void line / resolved alert was preceded by its
 active / open revision of the same key, with revisions strictly increasing per key."""

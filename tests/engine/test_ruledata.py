@@ -64,7 +64,7 @@ def write(tmp_path, name: str, text: str | bytes):
 
 
 def test_packaged_data_loads_every_file(rules):
-    assert set(rules.files) == set(RULE_FILES)
+    assert set(rules.files) == {*RULE_FILES, DERIVATION_FILE}
     assert rules.derivation.push.initial == "96374"  # billing-rules.md §2
     for name in REQUIRED_CODE_SETS:
         assert rules.code_set(name, D), name
@@ -451,6 +451,7 @@ def test_operator_derivation_overrides_the_packaged_one(tmp_path):
     write(tmp_path, DERIVATION_FILE, json.dumps(data))
     custom = load_rules(tmp_path)
     assert custom.derivation.push.initial == "99999"
+    assert custom.files[DERIVATION_FILE] == str(tmp_path / DERIVATION_FILE)
     assert custom.files["fee_schedule.csv"] != str(tmp_path / "fee_schedule.csv")
 
 

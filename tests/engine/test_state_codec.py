@@ -97,7 +97,7 @@ def test_round_trip_preserves_revisions_and_final_flags():
 
 @pytest.mark.parametrize("layout", [1, 9])
 def test_an_unknown_layout_is_refused(layout):
-    # Only the current layout was ever released; any other is refused, never guessed at.
+    # A value in any other layout is refused, never guessed at.
     _, state = _rich_state()
     assert layout != STATE_LAYOUT
     with pytest.raises(ValueError, match=f"layout {layout}"):
