@@ -1,7 +1,7 @@
 """The engine: records in, decisions out (contract.md §3), driven by replay and the worker.
 
 `ingest` applies redelivery, amendment and withdrawal rules to a patient's state, asks
-derive.py for every day's lines and alerts, and diffs them against what each key last
+derive/ for every day's lines and alerts, and diffs them against what each key last
 emitted: a changed key is emitted with a higher revision, a line that became held or
 withdrawn is voided, an alert whose problem went away is resolved. `advance` runs timed
 work (settle, close, retention) and is driven by the caller's clock.
