@@ -146,8 +146,9 @@ class _Row:
             raise self.err(column, f"{raw!r} is not true/false")
         return raw == "true"
 
-    def effective(self) -> dict[str, date | None]:
-        """effective_from / effective_to of the row (None = open); validates the range."""
+    def common(self) -> dict[str, Any]:
+        """The fields every RuleRow has: the source line, and effective_from /
+        effective_to (None = open) with the range validated."""
         start = self.iso_date("effective_from") if "effective_from" in self.columns else None
         end = self.iso_date("effective_to") if "effective_to" in self.columns else None
         if start and end and end < start:
@@ -240,7 +241,7 @@ def _reason_code(row: _Row) -> ReasonCodeRow:
         carc=carc,
         rarc=rarc,
         risk_weight=float(row.number("risk_weight", maximum=1.0)),
-        **row.effective(),
+        **row.common(),
     )
 
 
@@ -250,15 +251,15 @@ def _code_set(row: _Row) -> CodeSetRow:
         raise row.err("set_name", f"malformed set name {name!r} (lower_snake_case)")
     if name == ADDON_SET:
         raise row.err("set_name", f"set {ADDON_SET!r} is derived from addon_codes.csv")
-    effective = row.effective()
-    return CodeSetRow(set_name=name, codes=tuple(_expand(row)), **effective)
+    common = row.common()
+    return CodeSetRow(set_name=name, codes=tuple(_expand(row)), **common)
 
 
 def _addon_code(row: _Row) -> AddonCodeRow:
     addon, primary = row.code("addon_code", _HCPCS_RE), row.code("primary_code", _HCPCS_RE)
     if addon == primary:
         raise row.err("primary_code", f"{addon} cannot be its own primary")
-    return AddonCodeRow(addon_code=addon, primary_code=primary, **row.effective())
+    return AddonCodeRow(addon_code=addon, primary_code=primary, **row.common())
 
 
 def _mue(row: _Row) -> MueRow:
@@ -268,7 +269,7 @@ def _mue(row: _Row) -> MueRow:
     m = _MAI_RE.match(raw_mai)
     if not m:
         raise row.err("mai", f"unknown MUE adjudication indicator {raw_mai!r} (1, 2 or 3)")
-    return MueRow(code=code, value=value, mai=int(m.group(1)), **row.effective())
+    return MueRow(code=code, value=value, mai=int(m.group(1)), **row.common())
 
 
 def _facility_pos(row: _Row) -> FacilityPosRow:
@@ -276,13 +277,13 @@ def _facility_pos(row: _Row) -> FacilityPosRow:
     pos = row.text("pos")
     if not _POS_RE.fullmatch(pos):
         raise row.err("pos", f"place of service {pos!r} is not 2 digits")
-    return FacilityPosRow(payer_class=payer, pos=pos, **row.effective())
+    return FacilityPosRow(payer_class=payer, pos=pos, **row.common())
 
 
 def _fee(row: _Row) -> FeeRow:
     payer, code = row.payer_class(), row.code("code", _HCPCS_RE)
     return FeeRow(payer_class=payer, code=code, amount=float(row.number("amount")),
-                  **row.effective())
+                  **row.common())
 
 
 def _hcpcs_unit(row: _Row) -> HcpcsUnitRow:
@@ -297,7 +298,7 @@ def _hcpcs_unit(row: _Row) -> HcpcsUnitRow:
         unit = row.choice("billing_unit", _BILLING_UNITS)
     return HcpcsUnitRow(hcpcs=hcpcs, description=row.get("description"),
                         billing_unit_amount=float(amount) if unit else None,
-                        billing_unit=unit or None, **row.effective())
+                        billing_unit=unit or None, **row.common())
 
 
 def _ndc_crosswalk(row: _Row) -> NdcCrosswalkRow:
@@ -308,7 +309,7 @@ def _ndc_crosswalk(row: _Row) -> NdcCrosswalkRow:
         raise row.err("ndc", f"NDC {raw!r} is not 5-4-2 / 4-4-2 / 5-3-2 / 5-4-1 or 11 digits")
     for column in ("pkg_size", "pkg_qty", "billunits", "billunitspkg"):
         row.number(column, required=False)
-    return NdcCrosswalkRow(ndc11=ndc, hcpcs=hcpcs, **row.effective())
+    return NdcCrosswalkRow(ndc11=ndc, hcpcs=hcpcs, **row.common())
 
 
 def _frequency_limit(row: _Row) -> FrequencyLimitRow:
@@ -318,7 +319,7 @@ def _frequency_limit(row: _Row) -> FrequencyLimitRow:
         max_services=int(row.number("max_services", integer=True)),
         period_days=int(row.number("period_days", integer=True, positive=True)),
         severity=row.choice("severity", _SEVERITIES),
-        **row.effective(),
+        **row.common(),
     )
 
 
@@ -328,7 +329,7 @@ def _payer_profile(row: _Row) -> PayerProfileRow:
         distinct_modifier=row.choice("distinct_modifier", _DISTINCT_MODIFIERS),
         bundle_99211=row.boolean("bundle_99211"),
         jz_jw_required_from=row.iso_date("jz_jw_required_from"),
-        **row.effective(),
+        **row.common(),
     )
 
 
