@@ -28,9 +28,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream_app.devtools.generate import generate_events  # noqa: E402
-from stream_app.engine.core import Engine  # noqa: E402
-from stream_app.engine.ruledata import RuleSet  # noqa: E402
+from stream_app.engine import Engine  # noqa: E402
 from stream_app.replay import replay  # noqa: E402
+from stream_app.rules import load_rules  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
 
     parse_s, _ = best_of(args.repeat, parse_only)
 
-    engine = Engine(RuleSet.load())
+    engine = Engine(load_rules())
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()

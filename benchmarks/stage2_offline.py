@@ -26,11 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream_app.devtools.generate import generate_stream  # noqa: E402
-from stream_app.engine.core import Engine  # noqa: E402
-from stream_app.engine.engine import EngineSettings  # noqa: E402
-from stream_app.engine.records import DeadLetter, parse_record  # noqa: E402
-from stream_app.engine.ruledata import RuleSet  # noqa: E402
-from stream_app.engine.state import PatientState  # noqa: E402
+from stream_app.engine import (  # noqa: E402
+    DeadLetter,
+    Engine,
+    EngineSettings,
+    PatientState,
+    parse_record,
+)
+from stream_app.rules import load_rules  # noqa: E402
 from stream_app.streaming import codecs  # noqa: E402
 from stream_app.streaming.processor import Item, Stage2, TableAccess, patient_key  # noqa: E402
 
@@ -68,7 +71,7 @@ class CountingEngine:
 
 def run(values: list[bytes], batch: int, partitions: int, cache_size: int,
         trace: bool = False) -> dict:
-    engine = CountingEngine(Engine(RuleSet.load(), EngineSettings(
+    engine = CountingEngine(Engine(load_rules(), EngineSettings(
         settle_seconds=FAR, close_after_seconds=FAR)))
     stage2 = Stage2(engine, PatientState, cache_size=cache_size)
     tables: dict[int, dict] = defaultdict(dict)

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.engine.core import Engine
-from stream_app.engine.engine import LINE
-from stream_app.engine.records import DeadLetter, parse_record
-from stream_app.engine.state import PatientState
+from stream_app.engine import DeadLetter, Engine, PatientState, parse_record
+from stream_app.vocabulary import LINE
 
 # Records are handed to the engine per patient in chunks of this many input lines, as
 # the worker does per batch; the settled view does not depend on it (contract.md §3).
@@ -162,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stream_app.config import settings_from_args
-    from stream_app.engine.ruledata import RuleDataError
+    from stream_app.engine import RuleDataError
     from stream_app.runtime import build_engine
 
     settings = settings_from_args(args)

@@ -1,4 +1,4 @@
-"""Builds the engine a command runs: settings in, rules loaded from disk, an `Engine` out.
+"""Builds the engine a command runs: settings in, rule data loaded, an `Engine` out.
 
 The engine itself does no file I/O; `replay`, the worker and the tools get theirs here, so
 all of them decide with the same rules and settings.
@@ -7,12 +7,12 @@ all of them decide with the same rules and settings.
 from __future__ import annotations
 
 from stream_app.config import Settings
-from stream_app.engine import Engine, EngineSettings, RuleSet
-from stream_app.engine.derive import Derivation
+from stream_app.engine import Engine, EngineSettings
+from stream_app.rules import load_rules
 
 
 def build_engine(settings: Settings) -> Engine:
-    rules = RuleSet.load(settings.rules_dir)
+    """Raises RuleDataError naming file, line and column when the rule data is bad."""
+    rules = load_rules(settings.rules_dir)
     return Engine(rules, EngineSettings(settings.settle_seconds, settings.close_after_seconds,
-                                        settings.retention_days, settings.timezone),
-                  Derivation.load(settings.rules_dir))
+                                        settings.retention_days, settings.timezone))

@@ -1,7 +1,7 @@
 """The tables the importer writes into the rules directory, and how a newly imported
 file's rows are merged with the rows already there.
 
-Three tables keep the layouts `RuleSet.load()` reads today (`ndc_hcpcs_crosswalk.csv`,
+Three tables keep the layouts `load_rules()` reads today (`ndc_hcpcs_crosswalk.csv`,
 `mue.csv`, `addon_codes.csv`); the others are new, for the engine's pricing and NCCI
 checks. Every row carries `effective_from` / `effective_to` (ISO, inclusive, empty =
 open) and `source` (file name and line it came from).
@@ -55,7 +55,7 @@ _DATES = _plain(EFFECTIVE_FROM, EFFECTIVE_TO, SOURCE)
 TABLES: dict[str, Table] = {t.file: t for t in (
     Table(
         "ndc_hcpcs_crosswalk.csv",
-        # The CMS layout RuleSet.load() reads; `HCPCS Code` rather than `_2025_CODE`
+        # The CMS layout load_rules() reads; `HCPCS Code` rather than `_2025_CODE`
         # because rows of several years share the file.
         (("hcpcs", "HCPCS Code"), ("short_description", "Short Description"),
          ("labeler", "LABELER NAME"), ("ndc", "NDC2"), ("drug_name", "Drug Name"),
@@ -95,7 +95,7 @@ TABLES: dict[str, Table] = {t.file: t for t in (
     ),
     Table(
         "mue.csv",
-        # The CMS practitioner layout RuleSet.load() reads.
+        # The CMS practitioner layout load_rules() reads.
         (("code", "HCPCS/CPT Code"), ("value", "Practitioner Services MUE Values"),
          ("mai", "MUE Adjudication Indicator"), ("rationale", "MUE Rationale"), *_DATES),
         key=("code",), code="code", compared=("value", "mai"),

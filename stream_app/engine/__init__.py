@@ -1,11 +1,22 @@
 """The decision engine's public API: records in, decisions out (contract.md §2-§4).
 
 Replay, the worker, the tests and the benchmarks import from here and nowhere deeper.
-The engine is pure: no Kafka, Faust, clock or file I/O; time is passed in.
+The engine is pure: no Kafka, Faust, clock or file I/O; time is passed in, and rule data
+arrives loaded (stream_app/rules/loader.py reads the files).
 """
 
-from stream_app.engine.core import Engine
-from stream_app.engine.engine import Decision, EngineSettings, Outcome
+from stream_app.engine.decisions import Decision, EngineSettings, Outcome
+from stream_app.engine.engine import Engine
+from stream_app.engine.normalise import (
+    icd10cm_shaped,
+    ndc_to_11,
+    normalize_route,
+    npi_check_digit,
+    npi_valid,
+    service_date,
+    zone,
+)
+from stream_app.engine.parse import parse_record
 from stream_app.engine.records import (
     Administration,
     DeadLetter,
@@ -13,14 +24,24 @@ from stream_app.engine.records import (
     Drug,
     EMService,
     InputRecord,
-    parse_record,
 )
-from stream_app.engine.ruledata import RuleDataError, RuleSet
+from stream_app.engine.ruledata import (
+    BillingUnit,
+    Derivation,
+    FrequencyLimit,
+    Mue,
+    PayerProfile,
+    ReasonInfo,
+    RuleDataError,
+    RuleSet,
+)
 from stream_app.engine.state import LAYOUT as STATE_LAYOUT
 from stream_app.engine.state import PatientState
 
 __all__ = [
-    "Administration", "DeadLetter", "Decision", "Dispense", "Drug", "EMService", "Engine",
-    "EngineSettings", "InputRecord", "Outcome", "PatientState", "RuleDataError", "RuleSet",
-    "STATE_LAYOUT", "parse_record",
+    "STATE_LAYOUT", "Administration", "BillingUnit", "DeadLetter", "Decision", "Derivation",
+    "Dispense", "Drug", "EMService", "Engine", "EngineSettings", "FrequencyLimit",
+    "InputRecord", "Mue", "Outcome", "PatientState", "PayerProfile", "ReasonInfo",
+    "RuleDataError", "RuleSet", "icd10cm_shaped", "ndc_to_11", "normalize_route",
+    "npi_check_digit", "npi_valid", "parse_record", "service_date", "zone",
 ]

@@ -12,19 +12,18 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-# Canonical routes.
-IM = "IM"
-SC = "SC"
-IV_PUSH = "IV_PUSH"
-IV_INFUSION = "IV_INFUSION"
-IV = "IV"
-INTRA_ARTERIAL = "INTRA_ARTERIAL"
-INTRADERMAL = "INTRADERMAL"
-INTRA_ARTICULAR = "INTRA_ARTICULAR"
-ORAL = "ORAL"
-OTHER = "OTHER"
-ROUTES = (IM, SC, IV_PUSH, IV_INFUSION, IV, INTRA_ARTERIAL, INTRADERMAL, INTRA_ARTICULAR, ORAL,
-          OTHER)
+from stream_app.vocabulary import (
+    IM,
+    INTRA_ARTERIAL,
+    INTRA_ARTICULAR,
+    INTRADERMAL,
+    IV,
+    IV_INFUSION,
+    IV_PUSH,
+    ORAL,
+    OTHER_ROUTE,
+    SC,
+)
 
 # Keys are upper-cased with every space, hyphen and underscore removed, so `IV push`,
 # `iv-push`, `IV_PUSH` and `ivpush` are the same route.
@@ -49,7 +48,7 @@ _ROUTE_SYNONYMS: dict[str, str] = {
     "INTRAARTICULAR": INTRA_ARTICULAR,
     "ORAL": ORAL,
     "PO": ORAL,
-    "OTHER": OTHER,
+    "OTHER": OTHER_ROUTE,
 }
 _ROUTE_SEPARATORS = str.maketrans("", "", " \t-_")
 

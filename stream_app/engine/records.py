@@ -17,24 +17,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import ClassVar
 
-ADMINISTRATION = "medication.administered"
-EM_SERVICE = "em.service"
-DISPENSE = "drug.dispensed"
-EVENT_TYPES = (ADMINISTRATION, EM_SERVICE, DISPENSE)
+from stream_app.vocabulary import ADMINISTRATION, COMPLETED, DISPENSE, EM_SERVICE, ENTERED_IN_ERROR
 
-COMPLETED = "completed"
-ENTERED_IN_ERROR = "entered-in-error"
-
-# Dead-letter error codes (contract.md §3 "Dead letters").
-INVALID_JSON = "INVALID_JSON"
-NOT_AN_OBJECT = "NOT_AN_OBJECT"
-MISSING_FIELD = "MISSING_FIELD"
-WRONG_TYPE = "WRONG_TYPE"
-INVALID_TIMESTAMP = "INVALID_TIMESTAMP"
-UNKNOWN_EVENT_TYPE = "UNKNOWN_EVENT_TYPE"
-TOO_LARGE = "TOO_LARGE"
-INVALID_ENCODING = "INVALID_ENCODING"
-
+# A message value larger than this is a TOO_LARGE dead letter (contract.md §3).
 MAX_RECORD_BYTES = 256 * 1024
 
 
@@ -122,7 +107,3 @@ class Dispense(_Common):
 
 InputRecord = Administration | EMService | Dispense
 
-
-# The parser lives in _parse.py (it imports the types above); bound here so callers keep
-# one import and the hot path pays no per-call import.
-from stream_app.engine._parse import parse_record  # noqa: E402, F401

@@ -1,28 +1,24 @@
-"""Effective-dated rule data (contract.md §4): API the rules are written against.
+"""Effective-dated rule data (contract.md §4) as the engine holds it: one typed row per
+table row, indexed by key and date, and the look-ups the rules are written against.
 
-The data lives in CSV files in `stream_app/rules/` (or an operator's directory). Every
-row has `effective_from` / `effective_to` (ISO dates, inclusive; empty = open); the row in
-force on the service date applies. `RuleSet.load()` validates every file at start-up and
-raises `RuleDataError` naming file, line and column.
+The files themselves are read and validated cell by cell in stream_app/rules/loader.py
+(`load_rules`); this module only checks what spans rows (overlapping date ranges, reason
+codes and code sets the engine needs) and never reads a file. Each row keeps its source
+line so an overlap can still be reported as 'FILE:LINE:COLUMN: message'.
 
-Operator directory: a file present there (same file name) replaces the packaged one;
-missing files fall back to the packaged data. See docs/rule-data.md and
-stream_app/rules/README.md for every file, its columns and its sources.
+A new table is one row dataclass here, one `TableSpec` registration in the loader, and
+its index and look-up in `RuleSet`. See docs/rule-data.md.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import logging
-import re
 from bisect import bisect_right
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from importlib import resources
-from pathlib import Path
 from typing import Any
+
+from stream_app.vocabulary import REASON_CODES
 
 
 class RuleDataError(ValueError):
@@ -31,6 +27,9 @@ class RuleDataError(ValueError):
     def __init__(self, file: str, line: int, column: int | str, message: str):
         self.file, self.line, self.column, self.message = file, line, column, message
         super().__init__(f"{file}:{line}:{column}: {message}")
+
+
+# ------------------------------------------------------------------ look-up results
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,29 +73,205 @@ class PayerProfile:
     jz_jw_required_from: date | None  # JW/JZ policy start (Medicare: 2023-07-01), None = never
 
 
-# --------------------------------------------------------------------------------------
-# Implementation
-# --------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ table rows
 
-log = logging.getLogger(__name__)
 
-PAYER_CLASSES = frozenset({"medicare", "medicaid", "commercial", "workers_comp", "self_pay"})
-SEVERITIES = frozenset({"block", "warn"})
-WORK_QUEUES = frozenset(
-    {"coding", "clinical_documentation", "pharmacy", "facility_billing", "compliance"}
-)
-BILLING_UNITS = frozenset({"mg", "mcg", "g", "mL", "units"})
-DISTINCT_MODIFIERS = frozenset({"59", "XE", "XS", "XP", "XU"})
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleRow:
+    """What every row has: its date range (inclusive, None = open) and its source line."""
 
-#: Every reason code of contract.md §3; reason_codes.csv must define each of them.
-REQUIRED_REASON_CODES = (
-    "WRONG_ADMIN_CODE", "NOT_SEPARATELY_BILLABLE", "NON_INJECTION_ROUTE", "FACILITY_SETTING",
-    "EM_99211_SAME_DAY", "EM_MISSING_MODIFIER_25", "EM_NOT_SEPARATELY_IDENTIFIABLE",
-    "MODIFIER_NOT_ALLOWED", "MISSING_NDC", "INVALID_NDC", "NDC_MISMATCH",
-    "MISSING_DOCUMENTATION", "MISSING_DIAGNOSIS", "INVALID_DIAGNOSIS_CODE", "INVALID_NPI",
-    "MISSING_SUPERVISION", "DUPLICATE_SERVICE", "MUE_EXCEEDED", "FREQUENCY_LIMIT",
-    "WASTE_MODIFIER_MISSING", "DRUG_UNITS_UNKNOWN", "ADDON_WITHOUT_PRIMARY", "FACILITY_ONLY_CODE",
-)
+    line: int
+    effective_from: date | None = None
+    effective_to: date | None = None
+
+    def span(self) -> tuple[int, int]:
+        return (self.effective_from.toordinal() if self.effective_from else _MIN,
+                self.effective_to.toordinal() if self.effective_to else _MAX)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasonCodeRow(RuleRow):
+    reason_code: str
+    severity: str
+    work_queue: str
+    carc: str | None
+    rarc: str | None
+    risk_weight: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodeSetRow(RuleRow):
+    set_name: str
+    codes: tuple[str, ...]  # `code`, or every code of the range `code`..`code_to`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddonCodeRow(RuleRow):
+    addon_code: str
+    primary_code: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MueRow(RuleRow):
+    code: str
+    value: int
+    mai: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FacilityPosRow(RuleRow):
+    payer_class: str
+    pos: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeeRow(RuleRow):
+    payer_class: str
+    code: str
+    amount: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HcpcsUnitRow(RuleRow):
+    hcpcs: str
+    description: str
+    billing_unit_amount: float | None  # both None: the code has no billing unit (J3490)
+    billing_unit: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NdcCrosswalkRow(RuleRow):
+    ndc11: str
+    hcpcs: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrequencyLimitRow(RuleRow):
+    payer_class: str
+    code: str
+    max_services: int
+    period_days: int
+    severity: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayerProfileRow(RuleRow):
+    payer_class: str
+    distinct_modifier: str
+    bundle_99211: bool
+    jz_jw_required_from: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One loaded table: where it came from (a path, for messages) and its rows."""
+
+    source: str
+    rows: tuple[RuleRow, ...]
+
+
+# ------------------------------------------------------------------ derivation.json
+
+
+@dataclass(frozen=True, slots=True)
+class ScImCodes:
+    """SC/IM injection code per drug category (categories coded elsewhere are absent)."""
+
+    therapeutic: str
+    prophylactic: str
+    diagnostic: str
+    antineoplastic: str
+    hormonal_antineoplastic: str
+
+    def for_category(self, category: str) -> str | None:
+        if category == "therapeutic":
+            return self.therapeutic
+        if category == "prophylactic":
+            return self.prophylactic
+        if category == "diagnostic":
+            return self.diagnostic
+        if category == "antineoplastic":
+            return self.antineoplastic
+        if category == "hormonal_antineoplastic":
+            return self.hormonal_antineoplastic
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class VaccineCodes:
+    first: str
+    additional: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllergenCodes:
+    one: str
+    two_or_more: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushCodes:
+    initial: str
+    sequential: str
+    same_drug_repeat: str
+
+
+@dataclass(frozen=True, slots=True)
+class InfusionCodes:
+    initial: str
+    sequential: str
+    additional_hour: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrugLineExclusions:
+    categories: tuple[str, ...]  # drug categories that never get a drug supply line
+
+
+@dataclass(frozen=True, slots=True)
+class UnitConversion:
+    """A unit and the factor one unit of the key's unit is worth in it (JSON `[unit, n]`)."""
+
+    unit: str
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class DerivationModifiers:
+    separate_em: str
+    distinct_default: str
+    repeat_same_provider: str
+    repeat_other_provider: str
+    repeat_lab: str
+    waste: str
+    no_waste: str
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """rules/derivation.json: the coding table for administrations and drug lines
+    (billing-rules.md §1, §2, §5, §6). Times in minutes."""
+
+    push_max_minutes: float
+    same_drug_push_window_minutes: float
+    duplicate_window_minutes: float
+    infusion_first_hour_minutes: float
+    infusion_additional_hour_past_minutes: float
+    sc_im_codes: ScImCodes
+    vaccine: VaccineCodes
+    allergen_immunotherapy: AllergenCodes
+    intra_arterial: str
+    push: PushCodes
+    infusion: InfusionCodes
+    multiple_injection_code: str
+    no_drug_line_categories: DrugLineExclusions
+    ndc_unit_from_dose: Mapping[str, UnitConversion]  # dose unit -> NDC quantity unit
+    dose_unit_scale: Mapping[str, UnitConversion]  # dose unit -> base unit
+    modifiers: DerivationModifiers
+    em_99211: str
+
+
+# ------------------------------------------------------------------ indexes
 
 #: Code sets the engine relies on; code_sets.csv must define each (at least one row).
 REQUIRED_CODE_SETS = (
@@ -106,326 +281,8 @@ REQUIRED_CODE_SETS = (
 #: Virtual code set: the add-on codes of addon_codes.csv in force on the date.
 ADDON_SET = "addon"
 
-RULE_FILES = (
-    "reason_codes.csv", "code_sets.csv", "addon_codes.csv", "mue.csv", "facility_pos.csv",
-    "fee_schedule.csv", "hcpcs_units.csv", "ndc_hcpcs_crosswalk.csv", "frequency_limits.csv",
-    "payer_profiles.csv",
-)
-
 _MIN = date.min.toordinal()
 _MAX = date.max.toordinal()
-_EFFECTIVE = ("effective_from", "effective_to")
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_CODE_RE = re.compile(r"[A-Z0-9]{1,8}")
-_HCPCS_RE = re.compile(r"[A-Z0-9]\d{4}|\d{4}[A-Z0-9]")
-_POS_RE = re.compile(r"\d{2}")
-_CARC_RE = re.compile(r"(CO|PR|OA|PI|CR)-[A-Z0-9]{1,4}")
-_RARC_RE = re.compile(r"[A-Z]{1,2}\d{1,4}")
-_MAI_RE = re.compile(r"([123])(?!\d)")
-_MAX_RANGE = 10_000
-
-
-def _ws(text: str) -> str:
-    """Header cell normalised for CMS layouts: whitespace/line breaks collapsed, casefolded."""
-    return " ".join(text.split()).casefold()
-
-
-def _packaged_dir():
-    return resources.files("stream_app.rules")
-
-
-@dataclass(slots=True)
-class _Row:
-    file: str
-    line: int
-    cells: dict[str, str]  # canonical column name -> stripped cell text ("" when empty)
-    columns: frozenset[str]  # canonical columns present in the file
-
-    def err(self, column: int | str, message: str) -> RuleDataError:
-        return RuleDataError(self.file, self.line, column, message)
-
-    def get(self, column: str) -> str:
-        return self.cells.get(column, "")
-
-    def text(self, column: str) -> str:
-        value = self.get(column)
-        if not value:
-            raise self.err(column, "value required")
-        return value
-
-    def code(self, column: str, pattern: re.Pattern[str] = _CODE_RE) -> str:
-        value = self.text(column).upper()
-        if not pattern.fullmatch(value):
-            raise self.err(column, f"malformed code {value!r}")
-        return value
-
-    def number(self, column: str, *, integer: bool = False, positive: bool = False,
-               maximum: float | None = None, required: bool = True) -> float | None:
-        raw = self.get(column)
-        if not raw:
-            if required:
-                raise self.err(column, "value required")
-            return None
-        try:
-            value: float = int(raw) if integer else float(raw)
-        except ValueError:
-            kind = "an integer" if integer else "a number"
-            raise self.err(column, f"{raw!r} is not {kind}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise self.err(column, f"{raw!r} is not a finite number")
-        if value < 0:
-            raise self.err(column, f"negative value {raw!r}")
-        if positive and value == 0:
-            raise self.err(column, "value must be greater than 0")
-        if maximum is not None and value > maximum:
-            raise self.err(column, f"value {raw!r} exceeds {maximum:g}")
-        return value
-
-    def choice(self, column: str, allowed: frozenset[str]) -> str:
-        value = self.text(column)
-        if value not in allowed:
-            raise self.err(column, f"unknown value {value!r} (allowed: {', '.join(sorted(allowed))})")
-        return value
-
-    def payer_class(self, column: str = "payer_class") -> str:
-        return self.choice(column, PAYER_CLASSES)
-
-    def iso_date(self, column: str) -> date | None:
-        raw = self.get(column)
-        if not raw:
-            return None
-        if not _DATE_RE.fullmatch(raw):
-            raise self.err(column, f"{raw!r} is not an ISO date (YYYY-MM-DD)")
-        try:
-            return date.fromisoformat(raw)
-        except ValueError:
-            raise self.err(column, f"{raw!r} is not a valid date") from None
-
-    def boolean(self, column: str) -> bool:
-        raw = self.text(column).lower()
-        if raw not in ("true", "false"):
-            raise self.err(column, f"{raw!r} is not true/false")
-        return raw == "true"
-
-    def span(self) -> tuple[int, int]:
-        """(from, to) as ordinals, open ends as _MIN/_MAX; validates the range."""
-        start = self.iso_date("effective_from") if "effective_from" in self.columns else None
-        end = self.iso_date("effective_to") if "effective_to" in self.columns else None
-        if start and end and end < start:
-            raise self.err("effective_to", f"effective_to {end} is before effective_from {start}")
-        return (start.toordinal() if start else _MIN, end.toordinal() if end else _MAX)
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """How a file's columns are named and found."""
-
-    required: tuple[str, ...]
-    optional: tuple[str, ...] = ("source",)
-    effective_required: bool = True
-    # CMS layouts: header row located by a cell naming the key column; header cells
-    # normalised with _ws() and mapped to canonical names by `aliases`.
-    cms: bool = False
-    aliases: tuple[tuple[re.Pattern[str], str], ...] = ()
-    may_be_empty_file: bool = False
-
-    def canonical(self, header: str) -> str | None:
-        if not self.cms:
-            return header.strip()
-        normal = _ws(header)
-        for pattern, name in self.aliases:
-            if pattern.fullmatch(normal):
-                return name
-        return None if normal else ""
-
-
-_MUE_LAYOUT = _Layout(
-    required=("code", "value", "mai"),
-    optional=("rationale", "source", *_EFFECTIVE),
-    effective_required=False,
-    cms=True,
-    aliases=(
-        (re.compile(r"hcpcs\s*/\s*cpt code|hcpcs(/cpt)?( code)?|cpt code"), "code"),
-        (re.compile(r"practitioner services mue values?"), "value"),
-        (re.compile(r"mue adjudication indicator|mai"), "mai"),
-        (re.compile(r"mue rationale"), "rationale"),
-        (re.compile(r"effective_from"), "effective_from"),
-        (re.compile(r"effective_to"), "effective_to"),
-        (re.compile(r"source"), "source"),
-    ),
-)
-
-_XWALK_LAYOUT = _Layout(
-    required=("hcpcs", "ndc"),
-    optional=("short_description", "labeler", "drug_name", "dosage", "pkg_size", "pkg_qty",
-              "billunits", "billunitspkg", "source", *_EFFECTIVE),
-    effective_required=False,
-    cms=True,
-    aliases=(
-        (re.compile(r"_\d{4}_code|hcpcs( code)?"), "hcpcs"),
-        (re.compile(r"ndc2|ndc|ndc11"), "ndc"),
-        (re.compile(r"short description"), "short_description"),
-        (re.compile(r"labeler name"), "labeler"),
-        (re.compile(r"drug name"), "drug_name"),
-        (re.compile(r"hcpcs dosage"), "dosage"),
-        (re.compile(r"pkg size"), "pkg_size"),
-        (re.compile(r"pkg qty"), "pkg_qty"),
-        (re.compile(r"billunits"), "billunits"),
-        (re.compile(r"billunitspkg"), "billunitspkg"),
-        (re.compile(r"effective_from"), "effective_from"),
-        (re.compile(r"effective_to"), "effective_to"),
-        (re.compile(r"source"), "source"),
-    ),
-)
-
-_LAYOUTS: dict[str, _Layout] = {
-    "reason_codes.csv": _Layout(
-        ("reason_code", "severity", "work_queue", "carc", "rarc", "risk_weight")),
-    "code_sets.csv": _Layout(("set_name", "code"), ("code_to", "source")),
-    "addon_codes.csv": _Layout(("addon_code", "primary_code")),
-    "mue.csv": _MUE_LAYOUT,
-    "facility_pos.csv": _Layout(("payer_class", "pos")),
-    "fee_schedule.csv": _Layout(("payer_class", "code", "amount")),
-    "hcpcs_units.csv": _Layout(
-        ("hcpcs", "description", "billing_unit_amount", "billing_unit")),
-    "ndc_hcpcs_crosswalk.csv": _XWALK_LAYOUT,
-    "frequency_limits.csv": _Layout(
-        ("payer_class", "code", "max_services", "period_days", "severity"),
-        may_be_empty_file=True),
-    "payer_profiles.csv": _Layout(
-        ("payer_class", "distinct_modifier", "bundle_99211", "jz_jw_required_from")),
-}
-
-
-def _decode(data: bytes) -> str:
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
-
-
-def _read_rows(label: str, data: bytes, layout: _Layout) -> list[_Row]:
-    """Parse one CSV file into rows, validating its header. Line numbers are physical."""
-    text = _decode(data)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str | None] | None = None
-    header_line = 0
-    rows: list[_Row] = []
-    columns: frozenset[str] = frozenset()
-    prev_end = 0
-    try:
-        for cells in reader:
-            line = prev_end + 1
-            prev_end = reader.line_num
-            if not any(c.strip() for c in cells):
-                continue  # blank line
-            if header is None:
-                if layout.cms:
-                    mapped = [layout.canonical(c) for c in cells]
-                    key = layout.required[0]
-                    if key not in mapped:
-                        continue  # preamble (copyright / title lines) before the header row
-                else:
-                    mapped = [layout.canonical(c) for c in cells]
-                header, header_line = mapped, line
-                columns = _check_header(label, line, cells, header, layout)
-                continue
-            rows.append(_row(label, line, cells, header, columns))
-    except csv.Error as exc:
-        raise RuleDataError(label, prev_end + 1, 1, f"CSV syntax error: {exc}") from None
-    if header is None:
-        if layout.may_be_empty_file and not text.strip():
-            return []
-        what = f"a header row naming {layout.required[0]!r}" if layout.cms else "a header row"
-        raise RuleDataError(label, max(header_line, 1), 1, f"no header row found (expected {what})")
-    return rows
-
-
-def _check_header(label: str, line: int, raw: list[str], header: list[str | None],
-                  layout: _Layout) -> frozenset[str]:
-    allowed = set(layout.required) | set(layout.optional)
-    if layout.effective_required:
-        allowed |= set(_EFFECTIVE)
-    seen: set[str] = set()
-    for index, (name, original) in enumerate(zip(header, raw, strict=True), start=1):
-        if name == "":
-            continue  # an unnamed (empty) header cell: its cells must stay empty
-        if name is None or name not in allowed:
-            raise RuleDataError(label, line, original.strip() or index,
-                                f"unknown column {original.strip()!r}")
-        if name in seen:
-            raise RuleDataError(label, line, original.strip(), f"duplicate column {name!r}")
-        seen.add(name)
-    needed = list(layout.required) + (list(_EFFECTIVE) if layout.effective_required else [])
-    for name in needed:
-        if name not in seen:
-            raise RuleDataError(label, line, name, f"missing column {name!r}")
-    return frozenset(seen)
-
-
-def _row(label: str, line: int, cells: list[str], header: list[str | None],
-         columns: frozenset[str]) -> _Row:
-    values: dict[str, str] = {}
-    for index, cell in enumerate(cells):
-        value = cell.strip()
-        if index >= len(header):
-            if value:
-                raise RuleDataError(label, line, index + 1,
-                                    f"extra cell {value!r} beyond the {len(header)} header columns")
-            continue
-        name = header[index]
-        if not name:
-            if value:
-                raise RuleDataError(label, line, index + 1, "value in a column without a header")
-            continue
-        values[name] = value
-    if len(cells) < len(header):
-        missing = [n for n in header[len(cells):] if n]
-        if missing:
-            raise RuleDataError(label, line, missing[0],
-                                f"row has {len(cells)} cells, header has {len(header)}")
-    return _Row(label, line, values, columns)
-
-
-def _ndc11(raw: str) -> str | None:
-    """11-digit NDC from 5-4-2 / 4-4-2 / 5-3-2 / 5-4-1 hyphenated forms or 11 plain digits."""
-    parts = raw.split("-")
-    if len(parts) == 1:
-        return raw if len(raw) == 11 and raw.isdigit() else None
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        return None
-    lengths = tuple(len(p) for p in parts)
-    if lengths == (5, 4, 2):
-        return "".join(parts)
-    if lengths == (4, 4, 2):
-        return "0" + "".join(parts)
-    if lengths == (5, 3, 2):
-        return parts[0] + "0" + parts[1] + parts[2]
-    if lengths == (5, 4, 1):
-        return parts[0] + parts[1] + "0" + parts[2]
-    return None
-
-
-def _expand(row: _Row) -> list[str]:
-    """code_sets.csv: `code` alone, or the inclusive range `code`..`code_to`."""
-    first = row.code("code")
-    last_raw = row.get("code_to")
-    if not last_raw:
-        return [first]
-    last = row.code("code_to")
-    m1 = re.fullmatch(r"(\D*)(\d+)", first)
-    m2 = re.fullmatch(r"(\D*)(\d+)", last)
-    if not (m1 and m2) or m1.group(1) != m2.group(1) or len(first) != len(last):
-        raise row.err("code_to", f"range {first}..{last} needs codes of one shape ending in digits")
-    start, stop = int(m1.group(2)), int(m2.group(2))
-    if stop < start:
-        raise row.err("code_to", f"range end {last} is before its start {first}")
-    if stop - start >= _MAX_RANGE:
-        raise row.err("code_to", f"range {first}..{last} is too large")
-    width = len(m1.group(2))
-    return [f"{m1.group(1)}{n:0{width}d}" for n in range(start, stop + 1)]
 
 
 @dataclass(slots=True)
@@ -527,246 +384,139 @@ class _Timeline:
         return group in self._index
 
 
-def _read_source(directory: Path | None, name: str) -> tuple[str, bytes]:
-    if directory is not None:
-        candidate = directory / name
-        if candidate.is_file():
-            return str(candidate), candidate.read_bytes()
-    packaged = _packaged_dir() / name
-    try:
-        return str(packaged), packaged.read_bytes()
-    except FileNotFoundError:
-        raise RuleDataError(str(packaged), 0, 0, "packaged rule file is missing") from None
+def _groups(table: _Dated) -> dict[Hashable, list[tuple[int, int, Any]]]:
+    """Entries of a table keyed (group, member) regrouped by group, for a _Timeline."""
+    groups: dict[Hashable, list[tuple[int, int, Any]]] = {}
+    for key in table.keys():
+        for e in table.entries(key):
+            groups.setdefault(key[0], []).append((e.start, e.end, e.value))
+    return groups
 
 
-def _build_reasons(label: str, rows: list[_Row]) -> _Dated:
-    table = _Dated(label, "reason_code")
-    for row in rows:
-        code = row.text("reason_code")
-        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", code):
-            raise row.err("reason_code", f"malformed reason code {code!r}")
-        carc = row.get("carc").upper() or None
-        if carc and not _CARC_RE.fullmatch(carc):
-            raise row.err("carc", f"malformed CARC {carc!r} (expected e.g. CO-16)")
-        rarc = row.get("rarc").upper() or None
-        if rarc and not _RARC_RE.fullmatch(rarc):
-            raise row.err("rarc", f"malformed RARC {rarc!r} (expected e.g. M119)")
-        info = ReasonInfo(
-            reason_code=code,
-            severity=row.choice("severity", SEVERITIES),
-            work_queue=row.choice("work_queue", WORK_QUEUES),
-            carc=carc,
-            rarc=rarc,
-            risk_weight=float(row.number("risk_weight", maximum=1.0)),
-        )
-        table.add(code, row.span(), info, row.line)
+def _build_reasons(t: Table) -> _Dated:
+    table = _Dated(t.source, "reason_code")
+    for r in t.rows:
+        info = ReasonInfo(r.reason_code, r.severity, r.work_queue, r.carc, r.rarc, r.risk_weight)
+        table.add(r.reason_code, r.span(), info, r.line)
     table.freeze()
-    missing = [c for c in REQUIRED_REASON_CODES if not table.entries(c)]
+    missing = [c for c in REASON_CODES if not table.entries(c)]
     if missing:
-        raise RuleDataError(label, 1, "reason_code",
+        raise RuleDataError(t.source, 1, "reason_code",
                             f"no row for reason code(s) {', '.join(missing)} (contract.md §3)")
     return table
 
 
-def _build_code_sets(label: str, rows: list[_Row]) -> _Timeline:
-    table = _Dated(label, "set_name/code")
-    for row in rows:
-        name = row.text("set_name")
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise row.err("set_name", f"malformed set name {name!r} (lower_snake_case)")
-        if name == ADDON_SET:
-            raise row.err("set_name", f"set {ADDON_SET!r} is derived from addon_codes.csv")
-        span = row.span()
-        for code in _expand(row):
-            table.add((name, code), span, code, row.line)
+def _build_code_sets(t: Table) -> _Timeline:
+    table = _Dated(t.source, "set_name/code")
+    for r in t.rows:
+        span = r.span()
+        for code in r.codes:
+            table.add((r.set_name, code), span, code, r.line)
     table.freeze()
-    groups: dict[Hashable, list[tuple[int, int, Any]]] = {}
-    for key in table.keys():
-        for e in table.entries(key):
-            groups.setdefault(key[0], []).append((e.start, e.end, e.value))
+    groups = _groups(table)
     missing = [n for n in REQUIRED_CODE_SETS if n not in groups]
     if missing:
-        raise RuleDataError(label, 1, "set_name", f"no row for code set(s) {', '.join(missing)}")
+        raise RuleDataError(t.source, 1, "set_name",
+                            f"no row for code set(s) {', '.join(missing)}")
     return _Timeline(groups)
 
 
-def _build_addons(label: str, rows: list[_Row]) -> tuple[_Timeline, _Timeline]:
-    table = _Dated(label, "addon_code/primary_code")
-    for row in rows:
-        addon, primary = row.code("addon_code", _HCPCS_RE), row.code("primary_code", _HCPCS_RE)
-        if addon == primary:
-            raise row.err("primary_code", f"{addon} cannot be its own primary")
-        table.add((addon, primary), row.span(), primary, row.line)
+def _build_addons(t: Table) -> tuple[_Timeline, _Timeline]:
+    table = _Dated(t.source, "addon_code/primary_code")
+    for r in t.rows:
+        table.add((r.addon_code, r.primary_code), r.span(), r.primary_code, r.line)
     table.freeze()
-    primaries: dict[Hashable, list[tuple[int, int, Any]]] = {}
     addons: list[tuple[int, int, Any]] = []
     for key in table.keys():
         for e in table.entries(key):
-            primaries.setdefault(key[0], []).append((e.start, e.end, e.value))
             addons.append((e.start, e.end, key[0]))
-    return _Timeline(primaries), _Timeline({ADDON_SET: addons})
+    return _Timeline(_groups(table)), _Timeline({ADDON_SET: addons})
 
 
-def _build_mue(label: str, rows: list[_Row]) -> _Dated:
-    table = _Dated(label, "HCPCS/CPT code")
-    for row in rows:
-        code = row.code("code", _HCPCS_RE)
-        value = int(row.number("value", integer=True))
-        raw_mai = row.text("mai")
-        m = _MAI_RE.match(raw_mai)
-        if not m:
-            raise row.err("mai", f"unknown MUE adjudication indicator {raw_mai!r} (1, 2 or 3)")
-        table.add(code, row.span(), Mue(value, int(m.group(1))), row.line)
+def _build_mue(t: Table) -> _Dated:
+    table = _Dated(t.source, "HCPCS/CPT code")
+    for r in t.rows:
+        table.add(r.code, r.span(), Mue(r.value, r.mai), r.line)
     table.freeze(tolerate_equal=True)
     return table
 
 
-def _build_facility_pos(label: str, rows: list[_Row]) -> _Timeline:
-    table = _Dated(label, "payer_class/pos")
-    for row in rows:
-        payer = row.payer_class()
-        pos = row.text("pos")
-        if not _POS_RE.fullmatch(pos):
-            raise row.err("pos", f"place of service {pos!r} is not 2 digits")
-        table.add((payer, pos), row.span(), pos, row.line)
+def _build_facility_pos(t: Table) -> _Timeline:
+    table = _Dated(t.source, "payer_class/pos")
+    for r in t.rows:
+        table.add((r.payer_class, r.pos), r.span(), r.pos, r.line)
     table.freeze()
-    groups: dict[Hashable, list[tuple[int, int, Any]]] = {}
-    for key in table.keys():
-        for e in table.entries(key):
-            groups.setdefault(key[0], []).append((e.start, e.end, e.value))
-    return _Timeline(groups)
+    return _Timeline(_groups(table))
 
 
-def _build_fees(label: str, rows: list[_Row]) -> _Dated:
-    table = _Dated(label, "payer_class/code")
-    for row in rows:
-        key = (row.payer_class(), row.code("code", _HCPCS_RE))
-        table.add(key, row.span(), float(row.number("amount")), row.line)
+def _build_fees(t: Table) -> _Dated:
+    table = _Dated(t.source, "payer_class/code")
+    for r in t.rows:
+        table.add((r.payer_class, r.code), r.span(), r.amount, r.line)
     table.freeze()
     return table
 
 
-def _build_units(label: str, rows: list[_Row]) -> _Dated:
-    table = _Dated(label, "hcpcs")
-    for row in rows:
-        hcpcs = row.code("hcpcs", _HCPCS_RE)
-        amount = row.number("billing_unit_amount", positive=True, required=False)
-        unit = row.get("billing_unit")
-        if (amount is None) != (not unit):
-            column = "billing_unit" if amount is not None else "billing_unit_amount"
-            raise row.err(column, "billing_unit_amount and billing_unit are both set or both "
-                                  "empty (empty = no billing unit, e.g. J3490)")
+def _build_units(t: Table) -> _Dated:
+    table = _Dated(t.source, "hcpcs")
+    for r in t.rows:
         value = None
-        if unit:
-            unit = row.choice("billing_unit", BILLING_UNITS)
-            value = BillingUnit(hcpcs, float(amount), unit, row.get("description"))
-        table.add(hcpcs, row.span(), value, row.line)
+        if r.billing_unit is not None:
+            value = BillingUnit(r.hcpcs, r.billing_unit_amount, r.billing_unit, r.description)
+        table.add(r.hcpcs, r.span(), value, r.line)
     table.freeze()
     return table
 
 
-def _build_crosswalk(label: str, rows: list[_Row]) -> _Timeline:
-    table = _Dated(label, "NDC/HCPCS")
-    for row in rows:
-        hcpcs = row.code("hcpcs", _HCPCS_RE)
-        raw = row.text("ndc")
-        ndc = _ndc11(raw)
-        if ndc is None:
-            raise row.err("ndc", f"NDC {raw!r} is not 5-4-2 / 4-4-2 / 5-3-2 / 5-4-1 or 11 digits")
-        for column in ("pkg_size", "pkg_qty", "billunits", "billunitspkg"):
-            row.number(column, required=False)
-        table.add((ndc, hcpcs), row.span(), hcpcs, row.line)
+def _build_crosswalk(t: Table) -> _Timeline:
+    table = _Dated(t.source, "NDC/HCPCS")
+    for r in t.rows:
+        table.add((r.ndc11, r.hcpcs), r.span(), r.hcpcs, r.line)
     table.freeze(tolerate_equal=True)
-    groups: dict[Hashable, list[tuple[int, int, Any]]] = {}
-    for key in table.keys():
-        for e in table.entries(key):
-            groups.setdefault(key[0], []).append((e.start, e.end, e.value))
-    return _Timeline(groups, as_tuple=True)
+    return _Timeline(_groups(table), as_tuple=True)
 
 
-def _build_frequency(label: str, rows: list[_Row]) -> _Timeline:
-    table = _Dated(label, "payer_class/code/period_days")
-    for row in rows:
-        limit = FrequencyLimit(
-            payer_class=row.payer_class(),
-            code=row.code("code", _HCPCS_RE),
-            max_services=int(row.number("max_services", integer=True)),
-            period_days=int(row.number("period_days", integer=True, positive=True)),
-            severity=row.choice("severity", SEVERITIES),
-        )
-        table.add((limit.payer_class, limit.code, limit.period_days), row.span(), limit, row.line)
+def _build_frequency(t: Table) -> _Timeline:
+    table = _Dated(t.source, "payer_class/code/period_days")
+    for r in t.rows:
+        limit = FrequencyLimit(r.payer_class, r.code, r.max_services, r.period_days, r.severity)
+        table.add((r.payer_class, r.code, r.period_days), r.span(), limit, r.line)
     table.freeze()
-    groups: dict[Hashable, list[tuple[int, int, Any]]] = {}
-    for key in table.keys():
-        for e in table.entries(key):
-            groups.setdefault(key[0], []).append((e.start, e.end, e.value))
-    return _Timeline(groups, as_tuple=True,
+    return _Timeline(_groups(table), as_tuple=True,
                      sort_key=lambda f: (f.code, f.period_days, f.max_services))
 
 
-def _build_profiles(label: str, rows: list[_Row]) -> _Dated:
-    table = _Dated(label, "payer_class")
-    for row in rows:
-        payer = row.payer_class()
-        profile = PayerProfile(
-            payer_class=payer,
-            distinct_modifier=row.choice("distinct_modifier", DISTINCT_MODIFIERS),
-            bundle_99211=row.boolean("bundle_99211"),
-            jz_jw_required_from=row.iso_date("jz_jw_required_from"),
-        )
-        table.add(payer, row.span(), profile, row.line)
+def _build_profiles(t: Table) -> _Dated:
+    table = _Dated(t.source, "payer_class")
+    for r in t.rows:
+        profile = PayerProfile(r.payer_class, r.distinct_modifier, r.bundle_99211,
+                               r.jz_jw_required_from)
+        table.add(r.payer_class, r.span(), profile, r.line)
     table.freeze()
     return table
 
 
-def _load_tables(directory: Path | None) -> dict[str, tuple[str, list[_Row]]]:
-    if directory is not None:
-        if not directory.is_dir():
-            raise RuleDataError(str(directory), 0, 0, "rules directory does not exist")
-        for path in sorted(directory.glob("*.csv"), key=lambda p: p.name):
-            if path.name not in _LAYOUTS:
-                raise RuleDataError(str(path), 0, 0, "unknown rule file name (expected one of "
-                                    f"{', '.join(RULE_FILES)})")
-    tables = {}
-    for name in RULE_FILES:
-        label, data = _read_source(directory, name)
-        tables[name] = (label, _read_rows(label, data, _LAYOUTS[name]))
-    return tables
-
-
 class RuleSet:
-    """All rule tables, loaded and validated. Look-ups take the service date."""
+    """All rule tables and the coding table, validated across rows. Look-ups take the
+    service date. Built by stream_app.rules.load_rules (or by a test from rows)."""
 
-    def __init__(self, tables: dict[str, tuple[str, list[_Row]]]):
-        """Build from parsed tables (use `RuleSet.load`)."""
-        self.files: dict[str, str] = {name: label for name, (label, _) in tables.items()}
-        lab = self.files
-        self._reasons = _build_reasons(lab["reason_codes.csv"], tables["reason_codes.csv"][1])
-        self._code_sets = _build_code_sets(lab["code_sets.csv"], tables["code_sets.csv"][1])
-        self._addon_primaries, self._addon_set = _build_addons(
-            lab["addon_codes.csv"], tables["addon_codes.csv"][1])
-        self._mue = _build_mue(lab["mue.csv"], tables["mue.csv"][1])
-        self._facility_pos = _build_facility_pos(
-            lab["facility_pos.csv"], tables["facility_pos.csv"][1])
-        self._fees = _build_fees(lab["fee_schedule.csv"], tables["fee_schedule.csv"][1])
-        self._units = _build_units(lab["hcpcs_units.csv"], tables["hcpcs_units.csv"][1])
-        self._crosswalk = _build_crosswalk(
-            lab["ndc_hcpcs_crosswalk.csv"], tables["ndc_hcpcs_crosswalk.csv"][1])
-        self._frequency = _build_frequency(
-            lab["frequency_limits.csv"], tables["frequency_limits.csv"][1])
-        self._profiles = _build_profiles(lab["payer_profiles.csv"], tables["payer_profiles.csv"][1])
+    def __init__(self, tables: Mapping[type[RuleRow], Table], derivation: Derivation,
+                 files: Mapping[str, str] | None = None):
+        """`tables`: one Table per row type; `files`: file name -> where it was read
+        (for the start-up log and messages)."""
+        self.derivation = derivation
+        self.files: dict[str, str] = dict(files or {})
+        self._reasons = _build_reasons(tables[ReasonCodeRow])
+        self._code_sets = _build_code_sets(tables[CodeSetRow])
+        self._addon_primaries, self._addon_set = _build_addons(tables[AddonCodeRow])
+        self._mue = _build_mue(tables[MueRow])
+        self._facility_pos = _build_facility_pos(tables[FacilityPosRow])
+        self._fees = _build_fees(tables[FeeRow])
+        self._units = _build_units(tables[HcpcsUnitRow])
+        self._crosswalk = _build_crosswalk(tables[NdcCrosswalkRow])
+        self._frequency = _build_frequency(tables[FrequencyLimitRow])
+        self._profiles = _build_profiles(tables[PayerProfileRow])
         self._reason_cache: dict[tuple[str, int], ReasonInfo] = {}
-
-    @classmethod
-    def load(cls, directory: str | Path | None = None) -> RuleSet:
-        """Packaged rule files, or an operator directory whose files replace the packaged
-        ones by file name (missing files fall back to the packaged data).
-
-        Raises RuleDataError on the first problem found (file, physical line, column).
-        """
-        rules = cls(_load_tables(Path(directory) if directory is not None else None))
-        log.info("rule data loaded: %s", ", ".join(rules.files.values()))
-        return rules
 
     # code sets: names such as "em", "injection_day", "facility_restricted_admin",
     # "addon", "initial_iv", "vaccine_admin" ... (see rules/code_sets.csv)

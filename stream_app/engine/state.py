@@ -15,18 +15,12 @@ from operator import attrgetter
 
 import orjson
 
-from stream_app.engine.records import (
-    ADMINISTRATION,
-    DISPENSE,
-    EM_SERVICE,
-    Administration,
-    Dispense,
-    Drug,
-    EMService,
-    InputRecord,
-)
+from stream_app.engine.records import Administration, Dispense, Drug, EMService, InputRecord
+from stream_app.vocabulary import ADMINISTRATION, DISPENSE, EM_SERVICE
 
-LAYOUT = 2  # of PatientState.to_bytes(); from_bytes() also reads layout 1
+# Layout of PatientState.to_bytes(); the worker's table header carries it so a value
+# written in another layout is refused rather than misread.
+LAYOUT = 2
 
 _CLASSES = {ADMINISTRATION: Administration, EM_SERVICE: EMService, DISPENSE: Dispense}
 
@@ -110,10 +104,11 @@ class PatientState:
         return sum(1 for d in self.days.values() if d.closed_at is None)
 
     def to_bytes(self) -> bytes:
-        """Layout 2: u32 length + JSON header (patient, seen ids, days with `[rev, kind,
-        state, final]` per emitted key), then per emitted key in header order u32 length +
-        its message's JSON, then per record u32 length + JSON `[event_type, field values in
-        declaration order...]`. (Layout 1, still read: the messages inside the header.)"""
+        """u32 length + JSON header (patient, seen ids, days with `[rev, kind, state,
+        final]` per emitted key), then per emitted key in header order u32 length + its
+        message's JSON, then per record u32 length + JSON `[event_type, field values in
+        declaration order...]`. Messages sit outside the header so loading a state need
+        not parse them (see Emitted)."""
         bodies = []
         days = {}
         for k, d in self.days.items():
@@ -143,6 +138,8 @@ class PatientState:
 
     @classmethod
     def from_bytes(cls, data: bytes, layout: int = LAYOUT) -> PatientState:
+        if layout != LAYOUT:
+            raise ValueError(f"unknown patient state layout {layout} (this build reads {LAYOUT})")
         view = memoryview(data)
         (n,) = _U32.unpack_from(view, 0)
         obj = orjson.loads(view[4:4 + n])
@@ -150,22 +147,14 @@ class PatientState:
         st.seen = obj["s"]
         pos = 4 + n
         unpack = _U32.unpack_from
-        if layout == 1:
-            for k, (last, end, settled, closed, em) in obj["d"].items():
-                st.days[k] = DayState(last, end, settled, closed,
-                                      {key: Emitted(rev, kind, value)
-                                       for key, (rev, kind, value) in em.items()})
-        elif layout == LAYOUT:
-            for k, (last, end, settled, closed, em) in obj["d"].items():
-                emitted = {}
-                for key, (rev, kind, state, final) in em.items():
-                    (n,) = unpack(view, pos)
-                    emitted[key] = Emitted(rev, kind, body=view[pos + 4:pos + 4 + n],
-                                           state=state, final=final)
-                    pos += 4 + n
-                st.days[k] = DayState(last, end, settled, closed, emitted)
-        else:
-            raise ValueError(f"unknown patient state layout {layout}")
+        for k, (last, end, settled, closed, em) in obj["d"].items():
+            emitted = {}
+            for key, (rev, kind, state, final) in em.items():
+                (n,) = unpack(view, pos)
+                emitted[key] = Emitted(rev, kind, body=view[pos + 4:pos + 4 + n],
+                                       state=state, final=final)
+                pos += 4 + n
+            st.days[k] = DayState(last, end, settled, closed, emitted)
         end = len(data)
         records, enc = st.records, st._encoded
         while pos < end:

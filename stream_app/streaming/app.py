@@ -44,7 +44,7 @@ from stream_app.config import (
     Settings,
     faust_broker_url,
 )
-from stream_app.engine.records import TOO_LARGE, DeadLetter, parse_record
+from stream_app.engine import DeadLetter, parse_record
 from stream_app.streaming import codecs, fastpath
 from stream_app.streaming.batching import (
     DEFAULT_BATCH_LIMIT,
@@ -66,6 +66,7 @@ from stream_app.streaming.processor import (
 )
 from stream_app.streaming.seekguard import guard_seeks
 from stream_app.streaming.statestore import changelog_is_the_wal, partition_db
+from stream_app.vocabulary import TOO_LARGE
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import zlib
 
 import orjson
 
-from stream_app.engine.state import LAYOUT
+from stream_app.engine import STATE_LAYOUT as LAYOUT
 
 # Header names on the internal repartition topic.
 H_ORIGIN = "o"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from stream_app.engine.records import DeadLetter
+from stream_app.engine import DeadLetter
 from stream_app.streaming import codecs
 
 log = logging.getLogger(__name__)

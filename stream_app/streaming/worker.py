@@ -94,7 +94,7 @@ def stream_options(args: argparse.Namespace | None, environ=None):
 
 def build(settings, opts):
     """Rule data, engine, metrics and the Faust streams (raises RuleDataError)."""
-    from stream_app.engine.state import PatientState
+    from stream_app.engine import PatientState
     from stream_app.metrics import Metrics
     from stream_app.runtime import build_engine
     from stream_app.streaming.app import ChargecapStreams
@@ -109,7 +109,7 @@ def build(settings, opts):
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     opts = stream_options(args)
-    from stream_app.engine.ruledata import RuleDataError
+    from stream_app.engine import RuleDataError
 
     try:
         streams = build(settings, opts)

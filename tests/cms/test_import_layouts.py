@@ -17,7 +17,7 @@ import pytest
 
 from stream_app.cli import main
 from stream_app.cms import REPORT_FILE, CmsFileError, import_files
-from stream_app.engine import RuleSet
+from stream_app.rules import load_rules
 from tests.cms.helpers import PFS2025, Q2025, in_force, require_shared, table_rows
 
 # EXAMPLE values only (not CMS MUEs): practitioner MUE layout after a copyright preamble,
@@ -105,7 +105,7 @@ def test_mue_needs_a_period_and_then_imports_for_the_current_loader(tmp_path):
     loadable = tmp_path / "only-mue"
     loadable.mkdir()
     shutil.copy(into / "mue.csv", loadable / "mue.csv")
-    rules = RuleSet.load(loadable)
+    rules = load_rules(loadable)
     assert (rules.mue("96372", date(2025, 2, 1)).value, rules.mue("96372", date(2025, 2, 1)).mai) \
         == (4, 1)
     assert rules.mue("96372", date(2025, 4, 1)) is None
@@ -142,7 +142,7 @@ def test_addon_file_for_the_current_loader(tmp_path):
     loadable = tmp_path / "only-aoc"
     loadable.mkdir()
     shutil.copy(into / "addon_codes.csv", loadable / "addon_codes.csv")
-    rules = RuleSet.load(loadable)
+    rules = load_rules(loadable)
     assert rules.addon_primaries("96375", date(2025, 6, 1)) == {"96374", "96365"}
     assert rules.addon_primaries("96376", date(2024, 12, 31)) == {"96374"}
     assert rules.addon_primaries("96376", date(2025, 1, 1)) == frozenset()

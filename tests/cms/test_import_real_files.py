@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from stream_app.cms import REPORT_FILE, import_files
-from stream_app.engine import RuleSet
+from stream_app.rules import load_rules
 from tests.cms.helpers import PFS2025, Q2025, Q2026, in_force, physical_line, require_shared, table_rows
 
 # billing-rules.md §6: 5-4-2, or the 10-digit label forms 4-4-2 / 5-3-2 / 5-4-1 (hyphens
@@ -121,7 +121,7 @@ def test_ndc_00409_7332_01_is_j0696_with_4_billing_units_per_vial(imported):
 def test_the_current_loader_accepts_the_written_crosswalk(imported, tmp_path):
     into, _ = imported
     shutil.copy(into / "ndc_hcpcs_crosswalk.csv", tmp_path / "ndc_hcpcs_crosswalk.csv")
-    rules = RuleSet.load(tmp_path)
+    rules = load_rules(tmp_path)
     assert rules.hcpcs_for_ndc("00409733201", date(2025, 2, 10)) == "J0696"
     assert rules.hcpcs_for_ndc("00409733201", date(2026, 1, 15)) == "J0696"
     assert rules.hcpcs_for_ndc("00409733201", date(2025, 7, 1)) is None

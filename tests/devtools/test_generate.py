@@ -214,7 +214,7 @@ def test_every_record_meets_the_contract(rich):
 
 
 def test_records_parse_with_the_engine_parser(rich):
-    from stream_app.engine.records import DeadLetter, parse_record
+    from stream_app.engine import DeadLetter, parse_record
 
     for _topic, _key, value, kind in rich.iter_labeled_messages():
         parsed = parse_record(value)

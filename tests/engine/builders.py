@@ -20,11 +20,9 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.engine.core import Engine
-from stream_app.engine.derive import Derivation
-from stream_app.engine.engine import ALERT, LINE, EngineSettings, Outcome
-from stream_app.engine.records import DeadLetter, parse_record
-from stream_app.engine.ruledata import RuleSet
+from stream_app.engine import DeadLetter, Engine, EngineSettings, Outcome, RuleSet, parse_record
+from stream_app.rules import load_rules
+from stream_app.vocabulary import ALERT, LINE
 
 DROP = object()
 
@@ -195,12 +193,12 @@ _RULES: dict[str | None, RuleSet] = {}
 def rules(directory: str | Path | None = None) -> RuleSet:
     key = str(directory) if directory else None
     if key not in _RULES:
-        _RULES[key] = RuleSet.load(directory)
+        _RULES[key] = load_rules(directory)
     return _RULES[key]
 
 
 def engine(rules_dir: str | Path | None = None, **settings) -> Engine:
-    return Engine(rules(rules_dir), EngineSettings(**settings), Derivation.load(rules_dir))
+    return Engine(rules(rules_dir), EngineSettings(**settings))
 
 
 def rules_dir_with(tmp_path: Path, name: str, edit) -> Path:

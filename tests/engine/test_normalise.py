@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream_app import vocabulary as V
 from stream_app.engine import normalise as n
 
 
@@ -18,18 +19,18 @@ def ts(s: str) -> datetime:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("IM", n.IM), ("im", n.IM), (" Im ", n.IM), ("intramuscular", n.IM),
-        ("SC", n.SC), ("subcutaneous", n.SC), ("SQ", n.SC), ("subq", n.SC),
-        ("SUBCUT", n.SC), ("sub-q", n.SC), ("Sub Q", n.SC),
-        ("IV_PUSH", n.IV_PUSH), ("iv push", n.IV_PUSH), ("IV-PUSH", n.IV_PUSH),
-        ("IVP", n.IV_PUSH), ("ivp", n.IV_PUSH),
-        ("IV_INFUSION", n.IV_INFUSION), ("IV infusion", n.IV_INFUSION),
-        ("IV", n.IV), ("intravenous", n.IV),
-        ("INTRA_ARTERIAL", n.INTRA_ARTERIAL), ("intra-arterial", n.INTRA_ARTERIAL),
-        ("INTRADERMAL", n.INTRADERMAL), ("ID", n.INTRADERMAL),
-        ("INTRA_ARTICULAR", n.INTRA_ARTICULAR), ("intra-articular", n.INTRA_ARTICULAR),
-        ("ORAL", n.ORAL), ("PO", n.ORAL), ("oral", n.ORAL),
-        ("OTHER", n.OTHER), ("other", n.OTHER),
+        ("IM", V.IM), ("im", V.IM), (" Im ", V.IM), ("intramuscular", V.IM),
+        ("SC", V.SC), ("subcutaneous", V.SC), ("SQ", V.SC), ("subq", V.SC),
+        ("SUBCUT", V.SC), ("sub-q", V.SC), ("Sub Q", V.SC),
+        ("IV_PUSH", V.IV_PUSH), ("iv push", V.IV_PUSH), ("IV-PUSH", V.IV_PUSH),
+        ("IVP", V.IV_PUSH), ("ivp", V.IV_PUSH),
+        ("IV_INFUSION", V.IV_INFUSION), ("IV infusion", V.IV_INFUSION),
+        ("IV", V.IV), ("intravenous", V.IV),
+        ("INTRA_ARTERIAL", V.INTRA_ARTERIAL), ("intra-arterial", V.INTRA_ARTERIAL),
+        ("INTRADERMAL", V.INTRADERMAL), ("ID", V.INTRADERMAL),
+        ("INTRA_ARTICULAR", V.INTRA_ARTICULAR), ("intra-articular", V.INTRA_ARTICULAR),
+        ("ORAL", V.ORAL), ("PO", V.ORAL), ("oral", V.ORAL),
+        ("OTHER", V.OTHER_ROUTE), ("other", V.OTHER_ROUTE),
     ],
 )
 def test_normalize_route(raw, expected):
@@ -43,7 +44,7 @@ def test_normalize_route_unknown(raw):
 
 
 def test_every_canonical_route_is_its_own_normal_form():
-    for route in n.ROUTES:
+    for route in V.ROUTES:
         assert n.normalize_route(route) == route
         assert n.normalize_route(route.lower()) == route
 
@@ -53,46 +54,46 @@ def test_every_canonical_route_is_its_own_normal_form():
 START = ts("2025-03-14T09:00:00-05:00")
 
 
-@pytest.mark.parametrize("route", [n.IV, n.IV_INFUSION])
+@pytest.mark.parametrize("route", [V.IV, V.IV_INFUSION])
 def test_iv_exactly_15_minutes_is_push(route):
-    assert n.resolve_iv(route, START, START + timedelta(minutes=15)) == n.IV_PUSH
+    assert n.resolve_iv(route, START, START + timedelta(minutes=15)) == V.IV_PUSH
 
 
-@pytest.mark.parametrize("route", [n.IV, n.IV_INFUSION])
+@pytest.mark.parametrize("route", [V.IV, V.IV_INFUSION])
 def test_iv_16_minutes_is_infusion(route):
-    assert n.resolve_iv(route, START, START + timedelta(minutes=16)) == n.IV_INFUSION
+    assert n.resolve_iv(route, START, START + timedelta(minutes=16)) == V.IV_INFUSION
 
 
 def test_iv_just_over_15_minutes_is_infusion():
-    assert n.resolve_iv(n.IV, START, START + timedelta(minutes=15, seconds=1)) == n.IV_INFUSION
+    assert n.resolve_iv(V.IV, START, START + timedelta(minutes=15, seconds=1)) == V.IV_INFUSION
 
 
 def test_iv_zero_duration_is_push():
-    assert n.resolve_iv(n.IV, START, START) == n.IV_PUSH
+    assert n.resolve_iv(V.IV, START, START) == V.IV_PUSH
 
 
-@pytest.mark.parametrize("route", [n.IV, n.IV_INFUSION])
+@pytest.mark.parametrize("route", [V.IV, V.IV_INFUSION])
 def test_iv_without_end_cannot_be_resolved(route):
     assert n.resolve_iv(route, START, None) is None
 
 
 def test_iv_ending_before_start_cannot_be_resolved():
-    assert n.resolve_iv(n.IV, START, START - timedelta(minutes=1)) is None
+    assert n.resolve_iv(V.IV, START, START - timedelta(minutes=1)) is None
 
 
 def test_iv_duration_across_offsets():
     # 09:00-05:00 is 14:00Z; 14:10Z is 10 minutes later.
-    assert n.resolve_iv(n.IV, START, ts("2025-03-14T14:10:00Z")) == n.IV_PUSH
+    assert n.resolve_iv(V.IV, START, ts("2025-03-14T14:10:00Z")) == V.IV_PUSH
 
 
-@pytest.mark.parametrize("route", [n.IM, n.SC, n.IV_PUSH, n.ORAL, n.INTRA_ARTERIAL])
+@pytest.mark.parametrize("route", [V.IM, V.SC, V.IV_PUSH, V.ORAL, V.INTRA_ARTERIAL])
 def test_other_routes_unchanged(route):
     assert n.resolve_iv(route, START, None) == route
     assert n.resolve_iv(route, START, START + timedelta(hours=2)) == route
 
 
 def test_resolve_iv_accepts_raw_synonyms():
-    assert n.resolve_iv("intravenous", START, START + timedelta(minutes=45)) == n.IV_INFUSION
+    assert n.resolve_iv("intravenous", START, START + timedelta(minutes=45)) == V.IV_INFUSION
 
 
 # --- NDC ---------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ _anything = st.one_of(st.none(), st.text(), st.integers(), st.binary(), st.float
 
 @given(_anything)
 def test_string_functions_never_raise(value):
-    assert n.normalize_route(value) in (None, *n.ROUTES)
+    assert n.normalize_route(value) in (None, *V.ROUTES)
     n.ndc_to_11(value)
     assert n.npi_valid(value) in (True, False)
     assert n.icd10cm_shaped(value) in (True, False)

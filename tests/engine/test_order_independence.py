@@ -1,4 +1,4 @@
-"""Property (issue 3): for generated multi-record patient-days with amendments,
+"""Property: for generated multi-record patient-days with amendments,
 withdrawals, redeliveries and dispenses, any arrival order and any batching gives the same
 settled view (contract.md §3), and every void line / resolved alert was preceded by its
 active / open revision of the same key, with revisions strictly increasing per key."""
@@ -9,13 +9,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.engine.core import Engine
-from stream_app.engine.engine import EngineSettings
-from stream_app.engine.records import DeadLetter, parse_record
-from stream_app.engine.ruledata import RuleSet
+from stream_app.engine import DeadLetter, Engine, EngineSettings, parse_record
 from stream_app.replay import settled_view
+from stream_app.rules import load_rules
 
-RULES = RuleSet.load()
+RULES = load_rules()
 ENGINE = Engine(RULES, EngineSettings(settle_seconds=900))
 
 DRUGS = [

@@ -12,7 +12,7 @@ import csv
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import (
     DROP,
     NPI_2,
@@ -66,68 +66,68 @@ def _scenario(code: str) -> tuple[list[dict], list[str], dict[str, list[str]]]:
     """(records, active codes expected after settling, {code: warnings} for warned lines).
     The record with record_id SUBJ is the one the alert is about."""
     a = admin_raw
-    if code == R.WRONG_ADMIN_CODE:  # IM injection proposed as an IV push
+    if code == V.WRONG_ADMIN_CODE:  # IM injection proposed as an IV push
         return [a(record_id=SUBJ, charge_code="96374")], [], {}
-    if code == R.NOT_SEPARATELY_BILLABLE:
+    if code == V.NOT_SEPARATELY_BILLABLE:
         return [a(record_id=SUBJ, charge_code="96372",
                   drug={"name": "lidocaine", "category": "procedural", "hcpcs": DROP,
                         "ndc": DROP})], [], {}
-    if code == R.NON_INJECTION_ROUTE:
+    if code == V.NON_INJECTION_ROUTE:
         return [a(record_id=SUBJ, route="ORAL", charge_code="96372")], [], {}
-    if code == R.FACILITY_SETTING:
+    if code == V.FACILITY_SETTING:
         return [a(record_id=SUBJ, place_of_service="22", payer_class="medicare")], [], {}
-    if code == R.EM_99211_SAME_DAY:  # only the 99211 line is held
+    if code == V.EM_99211_SAME_DAY:  # only the 99211 line is held
         return ([a(), em_raw(record_id=SUBJ, code="99211", modifiers=[],
                              separately_identifiable=False)], ["96372", "J0696"], {})
-    if code == R.EM_MISSING_MODIFIER_25:
+    if code == V.EM_MISSING_MODIFIER_25:
         return [a(), em_raw(record_id=SUBJ, modifiers=[])], ["96372", "J0696"], {}
-    if code == R.EM_NOT_SEPARATELY_IDENTIFIABLE:
+    if code == V.EM_NOT_SEPARATELY_IDENTIFIABLE:
         return ([a(), em_raw(record_id=SUBJ, separately_identifiable=False)],
                 ["96372", "J0696"], {})
-    if code == R.MODIFIER_NOT_ALLOWED:  # 25 proposed on an injection
+    if code == V.MODIFIER_NOT_ALLOWED:  # 25 proposed on an injection
         return [a(record_id=SUBJ, charge_code="96372", charge_modifiers=["25"])], [], {}
-    if code == R.MISSING_NDC:
+    if code == V.MISSING_NDC:
         return [a(record_id=SUBJ, drug={"ndc": DROP})], [], {}
-    if code == R.INVALID_NDC:  # unhyphenated 10 digits: ambiguous
+    if code == V.INVALID_NDC:  # unhyphenated 10 digits: ambiguous
         return [a(record_id=SUBJ, drug={"ndc": "0409733201"})], [], {}
-    if code == R.NDC_MISMATCH:  # warn: both lines stay active with the warning
+    if code == V.NDC_MISMATCH:  # warn: both lines stay active with the warning
         return ([a(record_id=SUBJ, order_id="ORD-9"),
                  dispense_raw(order_id="ORD-9", ndc="0409-3795-01")],
                 ["96372", "J0696"], {"96372": [code], "J0696": [code]})
-    if code == R.MISSING_DOCUMENTATION:
+    if code == V.MISSING_DOCUMENTATION:
         return [a(record_id=SUBJ, site=DROP)], [], {}
-    if code == R.MISSING_DIAGNOSIS:
+    if code == V.MISSING_DIAGNOSIS:
         return [a(record_id=SUBJ, diagnosis_codes=DROP)], [], {}
-    if code == R.INVALID_DIAGNOSIS_CODE:
+    if code == V.INVALID_DIAGNOSIS_CODE:
         return [a(record_id=SUBJ, diagnosis_codes=["5A4.9"])], [], {}
-    if code == R.INVALID_NPI:
+    if code == V.INVALID_NPI:
         return [a(record_id=SUBJ, rendering_npi="1234567890")], [], {}
-    if code == R.MISSING_SUPERVISION:
+    if code == V.MISSING_SUPERVISION:
         return [a(record_id=SUBJ, performer_credential="MA", supervising_npi=DROP)], [], {}
-    if code == R.DUPLICATE_SERVICE:  # second provider documents the same drug 4 min later
+    if code == V.DUPLICATE_SERVICE:  # second provider documents the same drug 4 min later
         return ([a(record_id="first", time="09:20"),
                  a(record_id=SUBJ, time="09:24", rendering_npi=NPI_2)], ["96372", "J0696"], {})
-    if code == R.MUE_EXCEEDED:  # 5 x 96372, MUE 4, MAI 1: warn on the fifth line only
+    if code == V.MUE_EXCEEDED:  # 5 x 96372, MUE 4, MAI 1: warn on the fifth line only
         recs = [a(record_id=f"r{i}", time=f"09:{10 * i:02d}", drug=d)
                 for i, d in enumerate(FIVE[:4])]
         recs.append(a(record_id=SUBJ, time="09:50", drug=FIVE[4]))
         return (recs, sorted(["96372"] * 5 + ["J0696", "J1885", "J1100", "J2550", "J3420"]),
                 {"96372": []})  # checked specially below
-    if code == R.FREQUENCY_LIMIT:  # medicare J3420 1 per 30 days (warn): later drug line
+    if code == V.FREQUENCY_LIMIT:  # medicare J3420 1 per 30 days (warn): later drug line
         b12 = {"drug": "b12", "payer_class": "medicare"}
         return ([a(record_id="first", day="2025-03-01", **b12),
                  a(record_id=SUBJ, day="2025-03-14", **b12)],
                 ["96372", "96372", "J3420", "J3420"], {})
-    if code == R.WASTE_MODIFIER_MISSING:
+    if code == V.WASTE_MODIFIER_MISSING:
         return ([a(record_id=SUBJ, payer_class="medicare", drug={"wasted_amount": DROP})],
                 [], {})
-    if code == R.DRUG_UNITS_UNKNOWN:  # no HCPCS, NDC not in the crosswalk: warn, no drug line
+    if code == V.DRUG_UNITS_UNKNOWN:  # no HCPCS, NDC not in the crosswalk: warn, no drug line
         return ([a(record_id=SUBJ, drug={"name": "mysterymab", "hcpcs": DROP,
                                          "ndc": "12345-6789-01"})],
                 ["96372"], {"96372": [code]})
-    if code == R.ADDON_WITHOUT_PRIMARY:  # add-on proposed with no primary on the day
+    if code == V.ADDON_WITHOUT_PRIMARY:  # add-on proposed with no primary on the day
         return [a(record_id=SUBJ, charge_code="96366")], [], {}
-    if code == R.FACILITY_ONLY_CODE:  # same drug pushed again 40 min later, proposed 96376
+    if code == V.FACILITY_ONLY_CODE:  # same drug pushed again 40 min later, proposed 96376
         push = {"route": "IV_PUSH", "drug": "ondansetron"}
         return ([a(record_id="first", time="09:00", **push),
                  a(record_id=SUBJ, time="09:40", charge_code="96376", **push)],
@@ -136,7 +136,7 @@ def _scenario(code: str) -> tuple[list[dict], list[str], dict[str, list[str]]]:
 
 
 def test_contract_table_covers_every_reason_code_of_the_engine():
-    assert set(CONTRACT) == set(R.ALL)
+    assert set(CONTRACT) == set(V.REASON_CODES)
     assert len(CONTRACT) == 23
 
 
@@ -168,13 +168,13 @@ def test_reason_code_raised_with_contract_metadata_and_holds(code):
 
     if sev == "warn":
         weight = WEIGHTS[code]
-        if code == R.MUE_EXCEEDED:
+        if code == V.MUE_EXCEEDED:
             fifth = [ln for ln in res.lines if ln["warnings"]]
             assert [ln["code"] for ln in fifth] == ["96372"]
             assert subj["event_id"] in fifth[0]["source_event_ids"]
             assert fifth[0]["denial_risk"] == risk(weight)
             assert alert["line_id"] == fifth[0]["line_id"]
-        elif code == R.FREQUENCY_LIMIT:
+        elif code == V.FREQUENCY_LIMIT:
             flagged = [ln for ln in res.lines if ln["warnings"]]
             assert [(ln["code"], ln["service_date"]) for ln in flagged] == [("J3420", "2025-03-14")]
             assert flagged[0]["warnings"] == [code]
@@ -188,8 +188,8 @@ def test_reason_code_raised_with_contract_metadata_and_holds(code):
         # a held line is never active; what stays active carries no warning
         for ln in res.lines:
             assert ln["warnings"] == [] and ln["denial_risk"] == 0.0
-            if code not in (R.EM_99211_SAME_DAY, R.EM_MISSING_MODIFIER_25,
-                            R.EM_NOT_SEPARATELY_IDENTIFIABLE):
+            if code not in (V.EM_99211_SAME_DAY, V.EM_MISSING_MODIFIER_25,
+                            V.EM_NOT_SEPARATELY_IDENTIFIABLE):
                 assert subj["event_id"] not in ln["source_event_ids"]
 
 
@@ -197,7 +197,7 @@ def test_em_alert_revenue_at_risk_is_the_held_em_line_fee():
     # contract.md §3 example alert: EM_MISSING_MODIFIER_25 with revenue_at_risk of the E/M
     # line; commercial 99213 = 124.00 in rules/fee_schedule.csv
     res = run([admin_raw(), em_raw(modifiers=[])])
-    alert = res.alert(R.EM_MISSING_MODIFIER_25)
+    alert = res.alert(V.EM_MISSING_MODIFIER_25)
     assert alert["code"] == "99213"
     assert alert["revenue_at_risk"] == 124.0
     assert alert["line_id"] is not None
@@ -210,16 +210,16 @@ def test_denial_risk_combines_several_warnings():
     res = run([admin_raw(order_id="ORD-2", drug={"name": "compounded", "hcpcs": "J3490",
                                                  "ndc": "12345-6789-01"}),
                dispense_raw(order_id="ORD-2", ndc="0409-3795-01")])
-    assert res.reasons() == sorted([R.DRUG_UNITS_UNKNOWN, R.NDC_MISMATCH])
-    expected = risk(WEIGHTS[R.DRUG_UNITS_UNKNOWN], WEIGHTS[R.NDC_MISMATCH])
+    assert res.reasons() == sorted([V.DRUG_UNITS_UNKNOWN, V.NDC_MISMATCH])
+    expected = risk(WEIGHTS[V.DRUG_UNITS_UNKNOWN], WEIGHTS[V.NDC_MISMATCH])
     assert expected == 0.44
     for ln in res.lines:
-        assert ln["warnings"] == sorted([R.DRUG_UNITS_UNKNOWN, R.NDC_MISMATCH])
+        assert ln["warnings"] == sorted([V.DRUG_UNITS_UNKNOWN, V.NDC_MISMATCH])
         assert ln["denial_risk"] == expected
 
 
 def test_warn_alert_revenue_at_risk_is_the_warned_lines():
     recs = [admin_raw(record_id=f"r{i}", time=f"{9 + i:02d}:00", drug=d)
             for i, d in enumerate(FIVE)]
-    alert = run(recs).alert(R.MUE_EXCEEDED)
+    alert = run(recs).alert(V.MUE_EXCEEDED)
     assert alert["revenue_at_risk"] == 20.0  # one commercial 96372 line

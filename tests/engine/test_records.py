@@ -12,25 +12,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.engine import _parse
-from stream_app.engine.records import (
-    COMPLETED,
-    ENTERED_IN_ERROR,
-    INVALID_ENCODING,
-    INVALID_JSON,
-    INVALID_TIMESTAMP,
-    MAX_RECORD_BYTES,
-    MISSING_FIELD,
-    NOT_AN_OBJECT,
-    TOO_LARGE,
-    UNKNOWN_EVENT_TYPE,
-    WRONG_TYPE,
+from stream_app.engine import (
     Administration,
     DeadLetter,
     Dispense,
     Drug,
     EMService,
     parse_record,
+)
+from stream_app.engine import parse as parser
+from stream_app.engine.records import MAX_RECORD_BYTES
+from stream_app.vocabulary import (
+    COMPLETED,
+    ENTERED_IN_ERROR,
+    INVALID_ENCODING,
+    INVALID_JSON,
+    INVALID_TIMESTAMP,
+    MISSING_FIELD,
+    NOT_AN_OBJECT,
+    TOO_LARGE,
+    UNKNOWN_EVENT_TYPE,
+    WRONG_TYPE,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared/spec/examples"
@@ -103,7 +105,7 @@ _DELETE = object()
 def dead(result, code, field):
     assert isinstance(result, DeadLetter), result
     assert (result.error_code, result.field) == (code, field), result
-    assert result.error and result.error != _parse._INTERNAL_ERROR
+    assert result.error and result.error != parser.INTERNAL_ERROR
     return result
 
 
@@ -564,7 +566,7 @@ FIELDS = sorted({(i, k) for i, base in enumerate(VALID) for k in base}
 def _check(result):
     assert isinstance(result, Administration | EMService | Dispense | DeadLetter)
     if isinstance(result, DeadLetter):
-        assert result.error != _parse._INTERNAL_ERROR, result
+        assert result.error != parser.INTERNAL_ERROR, result
         assert result.error_code in (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE,
                                      INVALID_TIMESTAMP, UNKNOWN_EVENT_TYPE, TOO_LARGE,
                                      INVALID_ENCODING)

@@ -3,19 +3,17 @@ operator overrides, CMS drop-in files and fail-fast validation."""
 
 from __future__ import annotations
 
+import csv
+import json
 from datetime import date
 
 import pytest
 
-from stream_app.engine.ruledata import (
-    REQUIRED_CODE_SETS,
-    RULE_FILES,
-    BillingUnit,
-    Mue,
-    PayerProfile,
-    RuleDataError,
-    RuleSet,
-)
+from stream_app import vocabulary as V
+from stream_app.engine import BillingUnit, Mue, PayerProfile, RuleDataError, RuleSet
+from stream_app.engine.ruledata import REQUIRED_CODE_SETS
+from stream_app.rules import DERIVATION_FILE, RULE_FILES, load_rules
+from tests.engine.builders import RULES_DIR
 
 D = date(2025, 3, 14)
 PAYERS = ("medicare", "medicaid", "commercial", "workers_comp", "self_pay")
@@ -50,7 +48,7 @@ CONTRACT_REASONS = {
 
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
-    return RuleSet.load()
+    return load_rules()
 
 
 def write(tmp_path, name: str, text: str | bytes):
@@ -66,7 +64,8 @@ def write(tmp_path, name: str, text: str | bytes):
 
 
 def test_packaged_data_loads_every_file(rules):
-    assert set(rules.files) == set(RULE_FILES)
+    assert set(rules.files) == {*RULE_FILES, DERIVATION_FILE}
+    assert rules.derivation.push.initial == "96374"  # billing-rules.md §2
     for name in REQUIRED_CODE_SETS:
         assert rules.code_set(name, D), name
 
@@ -193,7 +192,7 @@ MUE_HEADER = ("HCPCS/CPT Code,Practitioner Services MUE Values,MUE Adjudication 
 
 def test_operator_file_overrides_and_others_fall_back(tmp_path, rules):
     write(tmp_path, "mue.csv", MUE_HEADER + "96372,2,3 Date of Service Edit: Clinical,x,,\n")
-    custom = RuleSet.load(tmp_path)
+    custom = load_rules(tmp_path)
     assert custom.mue("96372", D) == Mue(2, 3)
     assert custom.mue("96361", D) is None  # the whole file is replaced, not merged
     assert custom.files["mue.csv"] == str(tmp_path / "mue.csv")
@@ -209,7 +208,7 @@ def test_effective_dating_picks_row_in_force(tmp_path):
           "payer_class,code,amount,effective_from,effective_to\n"
           "medicare,96372,14.00,,2024-12-31\n"
           "medicare,96372,14.50,2025-01-01,2025-12-31\n")
-    rules = RuleSet.load(tmp_path)
+    rules = load_rules(tmp_path)
     assert rules.mue("96372", date(2019, 12, 31)) is None
     assert rules.mue("96372", date(2020, 1, 1)) == Mue(4, 1)
     assert rules.mue("96372", date(2024, 12, 31)) == Mue(4, 1)
@@ -221,11 +220,11 @@ def test_effective_dating_picks_row_in_force(tmp_path):
 
 
 def test_dated_code_set_membership(tmp_path):
-    packaged = (RuleSet.load().files["code_sets.csv"])
+    packaged = (load_rules().files["code_sets.csv"])
     text = open(packaged, encoding="utf-8").read()
     text += "x_modifiers,XZ,,2030-01-01,2030-12-31,test\n"
     write(tmp_path, "code_sets.csv", text)
-    rules = RuleSet.load(tmp_path)
+    rules = load_rules(tmp_path)
     assert "XZ" not in rules.code_set("x_modifiers", date(2029, 12, 31))
     assert "XZ" in rules.code_set("x_modifiers", date(2030, 6, 1))
     assert "XZ" not in rules.code_set("x_modifiers", date(2031, 1, 1))
@@ -237,7 +236,7 @@ def test_reason_dates_fall_back_to_nearest_row(tmp_path, rules):
                         "NDC_MISMATCH,warn,pharmacy,CO-16,M119,0.3,2013-01-01,2020-12-31,")
     text += "NDC_MISMATCH,block,pharmacy,CO-16,M119,0.95,2099-01-01,,future\n"
     write(tmp_path, "reason_codes.csv", text)
-    custom = RuleSet.load(tmp_path)
+    custom = load_rules(tmp_path)
     assert custom.reason("NDC_MISMATCH").risk_weight == 0.3  # latest row started before today
     assert custom.reason_on("NDC_MISMATCH", date(2099, 2, 1)).severity == "block"
     assert custom.reason_on("NDC_MISMATCH", date(2000, 1, 1)).severity == "warn"
@@ -261,7 +260,7 @@ CMS_MUE = (
 
 def test_cms_mue_file_with_preamble_drops_in(tmp_path):
     write(tmp_path, "mue.csv", CMS_MUE.encode("cp1252"))
-    rules = RuleSet.load(tmp_path)
+    rules = load_rules(tmp_path)
     assert rules.mue("96372", D) == Mue(4, 1)
     assert rules.mue("96376", date(1999, 1, 1)) == Mue(0, 2)  # no effective columns: open
     assert rules.mue("96361", date(2099, 1, 1)) == Mue(8, 3)
@@ -272,7 +271,7 @@ def test_cms_mue_file_line_numbers_are_physical(tmp_path):
     write(tmp_path, "mue.csv", CMS_MUE.replace(
         "\"96361\",\"8\"", "\"96361\",\"eight\"").encode("cp1252"))
     with pytest.raises(RuleDataError) as exc:
-        RuleSet.load(tmp_path)
+        load_rules(tmp_path)
     assert exc.value.line == 9
     assert exc.value.column == "value"
 
@@ -280,7 +279,7 @@ def test_cms_mue_file_line_numbers_are_physical(tmp_path):
 def test_cms_mue_without_header_is_rejected(tmp_path):
     write(tmp_path, "mue.csv", "some preamble\n96372,4,1 Line Edit,x\n")
     with pytest.raises(RuleDataError, match="no header row"):
-        RuleSet.load(tmp_path)
+        load_rules(tmp_path)
 
 
 @pytest.mark.parametrize("code_header", ["_2024_CODE", "HCPCS", "hcpcs code"])
@@ -292,7 +291,7 @@ def test_cms_crosswalk_layout_drops_in(tmp_path, code_header):
           "J1030,Methylprednisolone 40 MG inj,Pfizer,00009-3073-01,Depo-Medrol,40 MG,1,1,1,1\n"
           "J1020,Methylprednisolone 20 MG inj,Pfizer,00009-3073-01,Depo-Medrol,20 MG,1,1,2,2\n"
           "J0696,Ceftriaxone,Hospira,0409-7332-01,Ceftriaxone,250 MG,1,10,1,10\n")
-    rules = RuleSet.load(tmp_path)
+    rules = load_rules(tmp_path)
     assert rules.hcpcs_for_ndc("00409733201", D) == "J0696"  # 4-4-2 padded to 5-4-2
     assert rules.hcpcs_candidates_for_ndc("00009307301", D) == ("J1020", "J1030")
     assert rules.hcpcs_for_ndc("00009307301", D) == "J1020"
@@ -300,10 +299,10 @@ def test_cms_crosswalk_layout_drops_in(tmp_path, code_header):
 
 def test_empty_frequency_limits_file_is_valid(tmp_path):
     write(tmp_path, "frequency_limits.csv", "")
-    assert RuleSet.load(tmp_path).frequency_limits("medicare", D) == ()
+    assert load_rules(tmp_path).frequency_limits("medicare", D) == ()
     write(tmp_path, "frequency_limits.csv",
           "payer_class,code,max_services,period_days,severity,effective_from,effective_to\n")
-    assert RuleSet.load(tmp_path).frequency_limits("medicare", D) == ()
+    assert load_rules(tmp_path).frequency_limits("medicare", D) == ()
 
 
 # ------------------------------------------------------------- malformed files
@@ -395,7 +394,7 @@ def test_malformed_file_is_rejected_with_location(tmp_path, name, content, line,
                                                   fragment):
     path = write(tmp_path, name, content)
     with pytest.raises(RuleDataError) as exc:
-        RuleSet.load(tmp_path)
+        load_rules(tmp_path)
     err = exc.value
     assert (err.file, err.line, err.column) == (str(path), line, column), str(err)
     assert fragment in err.message
@@ -405,14 +404,100 @@ def test_malformed_file_is_rejected_with_location(tmp_path, name, content, line,
 def test_unknown_file_name_in_operator_directory_is_rejected(tmp_path):
     write(tmp_path, "MCR_MUE_PractitionerServices_Eff_01-01-2025.csv", CMS_MUE)
     with pytest.raises(RuleDataError, match="unknown rule file name"):
-        RuleSet.load(tmp_path)
+        load_rules(tmp_path)
 
 
 def test_missing_operator_directory_is_rejected(tmp_path):
     with pytest.raises(RuleDataError, match="does not exist"):
-        RuleSet.load(tmp_path / "nope")
+        load_rules(tmp_path / "nope")
 
 
 def test_rule_data_error_is_a_value_error():
     err = RuleDataError("f.csv", 3, "amount", "bad")
     assert isinstance(err, ValueError) and str(err) == "f.csv:3:amount: bad"
+
+
+def test_reason_codes_csv_defines_exactly_the_vocabulary_with_contract_queue_and_severity():
+    with open(RULES_DIR / "reason_codes.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["reason_code"] for r in rows) == sorted(V.REASON_CODES)
+    for r in rows:
+        severity, queue, _, _ = CONTRACT_REASONS[r["reason_code"]]
+        assert (r["severity"], r["work_queue"]) == (severity, queue), r["reason_code"]
+
+
+# ------------------------------------------------------------- derivation.json
+
+
+def packaged_derivation() -> dict:
+    return json.loads((RULES_DIR / DERIVATION_FILE).read_text(encoding="utf-8"))
+
+
+def test_packaged_derivation_is_typed(rules):
+    d = rules.derivation
+    # billing-rules.md §1-§2: 96372 SC/IM, 96374 initial push, 96365/96366 infusion
+    assert d.sc_im_codes.for_category("therapeutic") == "96372"
+    assert d.sc_im_codes.for_category("vaccine") is None
+    assert (d.push.initial, d.infusion.initial, d.infusion.additional_hour) == (
+        "96374", "96365", "96366")
+    assert d.modifiers.waste == "JW" and d.modifiers.no_waste == "JZ"
+    assert d.dose_unit_scale["g"].unit == "mg" and d.dose_unit_scale["g"].factor == 1000
+    assert "vaccine" in d.no_drug_line_categories.categories
+
+
+def test_operator_derivation_overrides_the_packaged_one(tmp_path):
+    data = packaged_derivation()
+    data["push"]["initial"] = "99999"
+    write(tmp_path, DERIVATION_FILE, json.dumps(data))
+    custom = load_rules(tmp_path)
+    assert custom.derivation.push.initial == "99999"
+    assert custom.files[DERIVATION_FILE] == str(tmp_path / DERIVATION_FILE)
+    assert custom.files["fee_schedule.csv"] != str(tmp_path / "fee_schedule.csv")
+
+
+def _break(data: dict, path: str, value=None, delete: bool = False) -> dict:
+    *parents, leaf = path.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    if delete:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize(("path", "value", "delete", "fragment"), [
+    ("push.initial", None, True, "required setting 'push.initial' is missing"),
+    ("push.initail", "96374", False, "unknown setting 'push.initail'"),
+    ("duplicate_window_minutes", "5", False, "must be a number >= 0"),
+    ("duplicate_window_minutes", -1, False, "must be a number >= 0"),
+    ("modifiers.waste", 7, False, "must be a string"),
+    ("dose_unit_scale.mg", ["mg"], False, "pair [unit, number >= 0]"),
+    ("no_drug_line_categories.categories", "vaccine", False, "must be a list"),
+    ("mystery_setting", 1, False, "unknown setting 'mystery_setting'"),
+])
+def test_malformed_derivation_is_rejected_with_key_path(tmp_path, path, value, delete, fragment):
+    file = write(tmp_path, DERIVATION_FILE,
+                 json.dumps(_break(packaged_derivation(), path, value, delete), indent=2))
+    with pytest.raises(RuleDataError) as exc:
+        load_rules(tmp_path)
+    assert exc.value.file == str(file)
+    assert exc.value.column == path
+    assert fragment in exc.value.message
+    assert str(exc.value).startswith(f"{file}:{exc.value.line}:{path}: ")
+
+
+def test_derivation_comment_keys_are_allowed(tmp_path):
+    data = packaged_derivation()
+    data["_note"] = "operator's comment"
+    data["push"]["_why"] = "comment inside a section"
+    write(tmp_path, DERIVATION_FILE, json.dumps(data))
+    assert load_rules(tmp_path).derivation.push.initial == "96374"
+
+
+def test_derivation_syntax_error_names_line_and_column(tmp_path):
+    file = write(tmp_path, DERIVATION_FILE, '{\n  "push_max_minutes": 15,\n  oops\n}\n')
+    with pytest.raises(RuleDataError) as exc:
+        load_rules(tmp_path)
+    assert (exc.value.file, exc.value.line, exc.value.column) == (str(file), 3, 3)

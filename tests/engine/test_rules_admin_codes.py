@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import DROP, admin_raw, at, em_raw, run
 
 
@@ -88,7 +88,7 @@ def test_same_drug_pushed_again_30_min_or_later_derives_no_line(gap):
 def test_proposed_96376_gets_facility_only_code_and_no_line():
     res = run([_iv("09:00", None, route="IV_PUSH"),
                _iv("09:40", None, route="IV_PUSH", charge_code="96376", record_id="again")])
-    alert = res.alert(R.FACILITY_ONLY_CODE)
+    alert = res.alert(V.FACILITY_ONLY_CODE)
     assert alert["code"] == "96376"
     assert alert["severity"] == "block"
     assert "96376" not in res.codes()
@@ -140,7 +140,7 @@ def test_96366_line_is_a_separate_line_of_the_same_record():
 @pytest.mark.parametrize("route", ["IV", "IV_INFUSION"])
 def test_iv_without_ended_at_is_missing_documentation(route):
     res = run([admin_raw(route=route, drug="ondansetron")])
-    alert = res.alert(R.MISSING_DOCUMENTATION)
+    alert = res.alert(V.MISSING_DOCUMENTATION)
     assert alert["details"]["missing_fields"] == ["ended_at"]
     assert alert["severity"] == "block"
     assert res.lines == []  # uncodable: nothing active
@@ -158,7 +158,7 @@ def test_iv_without_ended_at_and_a_proposed_code_keeps_a_held_line_released_by_a
     rec = admin_raw(route="IV", drug="ondansetron", charge_code="96374", record_id="mar-iv",
                     recorded_at=at("09:00"))
     res = run([rec])
-    assert res.reasons() == [R.MISSING_DOCUMENTATION]
+    assert res.reasons() == [V.MISSING_DOCUMENTATION]
     assert res.lines == []
     fixed = {**rec, "event_id": "ev-fix", "ended_at": at("09:25"), "recorded_at": at("10:00")}
     res2 = run([rec, fixed])
@@ -186,7 +186,7 @@ def test_vaccines_are_90471_then_90472_with_no_drug_line():
 def test_vaccine_with_a_hcpcs_code_still_gets_no_drug_line():
     res = run([admin_raw(drug={"category": "vaccine"})])
     assert res.codes() == ["90471"]
-    assert R.DRUG_UNITS_UNKNOWN not in res.reasons()
+    assert V.DRUG_UNITS_UNKNOWN not in res.reasons()
 
 
 def test_single_allergen_injection_is_95115():
@@ -245,7 +245,7 @@ def test_intradermal_and_intra_articular_derive_no_administration_line(route):
 @pytest.mark.parametrize("route", ["INTRADERMAL", "INTRA_ARTICULAR"])
 def test_proposed_96372_for_intradermal_or_intra_articular_is_wrong_admin_code(route):
     res = run([admin_raw(route=route, charge_code="96372")])
-    alert = res.alert(R.WRONG_ADMIN_CODE)
+    alert = res.alert(V.WRONG_ADMIN_CODE)
     assert alert["details"]["suggested_code"] is None
     assert alert["code"] == "96372"
     assert "96372" not in res.codes()
@@ -263,7 +263,7 @@ def test_proposed_96372_for_intradermal_or_intra_articular_is_wrong_admin_code(r
 ])
 def test_wrong_admin_code_suggests_the_derived_code(raw, proposed, suggested):
     res = run([admin_raw(time="09:20", charge_code=proposed, **raw)])
-    alert = res.alert(R.WRONG_ADMIN_CODE)
+    alert = res.alert(V.WRONG_ADMIN_CODE)
     assert alert["details"]["suggested_code"] == suggested
     assert alert["code"] == proposed
     assert alert["severity"] == "block" and alert["work_queue"] == "coding"
@@ -288,7 +288,7 @@ def test_correct_proposed_code_is_not_wrong_admin_code(raw, proposed):
 def test_procedural_injection_with_charge_code_is_not_separately_billable():
     res = run([admin_raw(charge_code="96372", drug={"name": "lidocaine", "category": "procedural",
                                                     "hcpcs": DROP, "ndc": DROP})])
-    alert = res.alert(R.NOT_SEPARATELY_BILLABLE)
+    alert = res.alert(V.NOT_SEPARATELY_BILLABLE)
     assert alert["predicted_denial"]["carc"] == "CO-97"
     assert res.lines == []
 
@@ -302,7 +302,7 @@ def test_procedural_injection_without_charge_code_is_silently_not_billed():
 @pytest.mark.parametrize("route", ["ORAL", "oral", "OTHER"])
 def test_oral_or_other_route_with_charge_code_is_non_injection_route(route):
     res = run([admin_raw(route=route, charge_code="96372")])
-    assert res.reasons() == [R.NON_INJECTION_ROUTE]
+    assert res.reasons() == [V.NON_INJECTION_ROUTE]
     assert "96372" not in res.codes()
 
 
@@ -317,7 +317,7 @@ def test_oral_route_without_charge_code_has_no_administration_line_and_no_alert(
 @pytest.mark.parametrize("addon", ["96366", "96375"])
 def test_addon_proposed_without_primary_the_same_day(addon):
     res = run([admin_raw(charge_code=addon)])  # an IM injection: 96372 is no primary
-    alert = res.alert(R.ADDON_WITHOUT_PRIMARY)
+    alert = res.alert(V.ADDON_WITHOUT_PRIMARY)
     assert alert["code"] == addon
     assert alert["predicted_denial"]["carc"] == "CO-97"
     assert res.lines == []

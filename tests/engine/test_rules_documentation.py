@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import DROP, NPI_2, admin_raw, at, run
 
 # ---------------------------------------------------------------- MISSING_DOCUMENTATION
@@ -23,7 +23,7 @@ from tests.engine.builders import DROP, NPI_2, admin_raw, at, run
 ])
 def test_missing_documentation_names_the_dotted_field(over, field):
     res = run([admin_raw(charge_code="96372", **over)])
-    alert = res.alert(R.MISSING_DOCUMENTATION)
+    alert = res.alert(V.MISSING_DOCUMENTATION)
     assert alert["details"]["missing_fields"] == [field]
     assert alert["severity"] == "block"
     assert alert["work_queue"] == "clinical_documentation"
@@ -32,25 +32,25 @@ def test_missing_documentation_names_the_dotted_field(over, field):
 
 def test_missing_documentation_lists_every_missing_field():
     res = run([admin_raw(site=DROP, performer_id=DROP, drug={"lot_number": DROP})])
-    fields = res.alert(R.MISSING_DOCUMENTATION)["details"]["missing_fields"]
+    fields = res.alert(V.MISSING_DOCUMENTATION)["details"]["missing_fields"]
     assert sorted(fields) == ["drug.lot_number", "performer_id", "site"]
 
 
 def test_iv_infusion_missing_ended_at_and_lot():
     res = run([admin_raw(route="IV_INFUSION", drug={"lot_number": DROP})])
-    fields = res.alert(R.MISSING_DOCUMENTATION)["details"]["missing_fields"]
+    fields = res.alert(V.MISSING_DOCUMENTATION)["details"]["missing_fields"]
     assert sorted(fields) == ["drug.lot_number", "ended_at"]
 
 
 def test_complete_record_has_no_missing_documentation():
     res = run([admin_raw(route="IV_INFUSION", ended_at=at("10:30"), drug="ondansetron")])
-    assert R.MISSING_DOCUMENTATION not in res.reasons()
+    assert V.MISSING_DOCUMENTATION not in res.reasons()
 
 
 def test_performer_credential_and_supervising_npi_are_not_documentation_fields():
     res = run([admin_raw(performer_credential=DROP, performer_id="dr-1",
                          supervising_npi=NPI_2)])
-    assert R.MISSING_DOCUMENTATION not in res.reasons()
+    assert V.MISSING_DOCUMENTATION not in res.reasons()
 
 
 def test_documentation_alert_resolves_when_the_record_is_amended():
@@ -67,7 +67,7 @@ def test_documentation_alert_resolves_when_the_record_is_amended():
 @pytest.mark.parametrize("dx", [DROP, []])
 def test_missing_diagnosis(dx):
     res = run([admin_raw(diagnosis_codes=dx)])
-    alert = res.alert(R.MISSING_DIAGNOSIS)
+    alert = res.alert(V.MISSING_DIAGNOSIS)
     assert alert["predicted_denial"] == {"carc": "CO-16", "rarc": "M76"}
     assert res.lines == []
 
@@ -75,7 +75,7 @@ def test_missing_diagnosis(dx):
 @pytest.mark.parametrize("dx", ["5A4.9", "J18.", "J18.12345", "J1", "J18-9", "J1X9.9"])
 def test_invalid_diagnosis_code_shape(dx):
     res = run([admin_raw(diagnosis_codes=["Z23", dx])])
-    alert = res.alert(R.INVALID_DIAGNOSIS_CODE)
+    alert = res.alert(V.INVALID_DIAGNOSIS_CODE)
     assert alert["severity"] == "block" and alert["work_queue"] == "coding"
     assert res.lines == []
 
@@ -93,7 +93,7 @@ def test_icd10cm_shaped_codes_are_fine(dx):
 @pytest.mark.parametrize("field", ["rendering_npi", "supervising_npi"])
 def test_invalid_npi_check_digit(field):
     res = run([admin_raw(**{field: "1234567890"})])
-    alert = res.alert(R.INVALID_NPI)
+    alert = res.alert(V.INVALID_NPI)
     assert alert["details"]["fields"] == [field]
     assert alert["predicted_denial"] == {"carc": "CO-16", "rarc": "N290"}
     assert alert["work_queue"] == "compliance"
@@ -103,7 +103,7 @@ def test_invalid_npi_check_digit(field):
 @pytest.mark.parametrize("bad", ["123456789", "12345678931", "abcdefghij"])
 def test_malformed_npi_is_invalid(bad):
     res = run([admin_raw(rendering_npi=bad)])
-    assert R.INVALID_NPI in res.reasons()
+    assert V.INVALID_NPI in res.reasons()
 
 
 def test_valid_npis_pass():
@@ -116,7 +116,7 @@ def test_valid_npis_pass():
 
 def test_ma_at_office_without_supervising_npi():
     res = run([admin_raw(performer_credential="MA", supervising_npi=DROP)])
-    alert = res.alert(R.MISSING_SUPERVISION)
+    alert = res.alert(V.MISSING_SUPERVISION)
     assert alert["work_queue"] == "compliance" and alert["severity"] == "block"
     assert res.lines == []
 
@@ -124,7 +124,7 @@ def test_ma_at_office_without_supervising_npi():
 @pytest.mark.parametrize("cred", ["RN", "LPN", "MA", None])
 def test_non_qhp_without_supervising_npi_is_missing_supervision(cred):
     res = run([admin_raw(performer_credential=cred if cred else DROP, supervising_npi=DROP)])
-    assert res.reasons() == [R.MISSING_SUPERVISION]
+    assert res.reasons() == [V.MISSING_SUPERVISION]
 
 
 def test_rn_with_supervising_npi_is_fine():
@@ -141,7 +141,7 @@ def test_physician_or_qhp_needs_no_supervisor(cred):
 def test_facility_pos_does_not_raise_missing_supervision():
     res = run([admin_raw(performer_credential="MA", supervising_npi=DROP,
                          place_of_service="22", payer_class="medicare")])
-    assert res.reasons() == [R.FACILITY_SETTING]
+    assert res.reasons() == [V.FACILITY_SETTING]
 
 
 # ---------------------------------------------------------------- FACILITY_SETTING
@@ -150,7 +150,7 @@ def test_facility_pos_does_not_raise_missing_supervision():
 @pytest.mark.parametrize("pos", ["22", "21", "23", "19", "02"])
 def test_medicare_facility_pos_is_facility_setting(pos):
     res = run([admin_raw(place_of_service=pos, payer_class="medicare")])
-    alert = res.alert(R.FACILITY_SETTING)
+    alert = res.alert(V.FACILITY_SETTING)
     assert alert["code"] == "96372"
     assert alert["work_queue"] == "facility_billing"
     assert alert["predicted_denial"] == {"carc": "CO-5", "rarc": None}
@@ -160,13 +160,13 @@ def test_medicare_facility_pos_is_facility_setting(pos):
 @pytest.mark.parametrize("pos", ["11", "12", "20", "54"])
 def test_non_facility_pos_for_medicare(pos):
     res = run([admin_raw(place_of_service=pos, payer_class="medicare")])
-    assert R.FACILITY_SETTING not in res.reasons()
+    assert V.FACILITY_SETTING not in res.reasons()
 
 
 @pytest.mark.parametrize("pos", ["54", "25", "32", "62", "65", "22"])
 def test_commercial_facility_set_adds_its_own_pos(pos):
     res = run([admin_raw(place_of_service=pos, payer_class="commercial")])
-    assert res.reasons() == [R.FACILITY_SETTING]
+    assert res.reasons() == [V.FACILITY_SETTING]
 
 
 def test_facility_setting_applies_to_infusion_and_chemo_codes():
@@ -174,7 +174,7 @@ def test_facility_setting_applies_to_infusion_and_chemo_codes():
                          ended_at=at("10:30"), drug="ondansetron"),
                admin_raw(time="11:00", place_of_service="22", payer_class="medicare",
                          route="SC", drug={"category": "antineoplastic"})])
-    alerts = [a for a in res.alerts if a["reason_code"] == R.FACILITY_SETTING]
+    alerts = [a for a in res.alerts if a["reason_code"] == V.FACILITY_SETTING]
     assert sorted(a["code"] for a in alerts) == ["96365", "96401"]
 
 
@@ -182,7 +182,7 @@ def test_facility_pos_does_not_restrict_em_or_vaccine_codes():
     # billing-rules.md §4 names 96360-96379 and 96401-96549 only
     res = run([admin_raw(place_of_service="22", payer_class="medicare",
                          drug={"category": "vaccine"})])
-    assert R.FACILITY_SETTING not in res.reasons()
+    assert V.FACILITY_SETTING not in res.reasons()
     assert res.codes() == ["90471"]
 
 
@@ -195,5 +195,5 @@ def test_missing_required_non_hard_fields_are_missing_documentation(over, field)
     # Engine choice (contract lists these as required but not as hard requirements and
     # names no alert for them): reported as MISSING_DOCUMENTATION with the dotted path
     res = run([admin_raw(**over)])
-    assert field in res.alert(R.MISSING_DOCUMENTATION)["details"]["missing_fields"]
+    assert field in res.alert(V.MISSING_DOCUMENTATION)["details"]["missing_fields"]
     assert res.lines == []

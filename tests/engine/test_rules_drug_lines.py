@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import DROP, admin_raw, dispense_raw, run
 
 
@@ -109,7 +109,7 @@ def test_jw_units_round_up():
 
 def test_medicare_single_dose_without_wasted_amount_is_waste_modifier_missing():
     res = run([admin_raw(payer_class="medicare", drug={"wasted_amount": DROP})])
-    alert = res.alert(R.WASTE_MODIFIER_MISSING)
+    alert = res.alert(V.WASTE_MODIFIER_MISSING)
     assert alert["severity"] == "block" and alert["work_queue"] == "pharmacy"
     assert alert["predicted_denial"] == {"carc": "CO-4", "rarc": None}
     assert res.lines == []  # admin and drug lines of the record are held
@@ -156,16 +156,16 @@ def test_no_jz_for_other_containers(container):
 
 def test_no_hcpcs_warns_drug_units_unknown_and_derives_no_drug_line():
     res = run([admin_raw(drug={"name": "mysterymab", "hcpcs": DROP, "ndc": "12345-6789-01"})])
-    alert = res.alert(R.DRUG_UNITS_UNKNOWN)
+    alert = res.alert(V.DRUG_UNITS_UNKNOWN)
     assert alert["severity"] == "warn"
     assert _drug_lines(res) == []
-    assert res.line("96372")["warnings"] == [R.DRUG_UNITS_UNKNOWN]
+    assert res.line("96372")["warnings"] == [V.DRUG_UNITS_UNKNOWN]
 
 
 def test_hcpcs_without_billing_unit_warns_drug_units_unknown():
     # J3490 unclassified has no billing unit (billing-rules.md §6)
     res = run([admin_raw(drug={"name": "compounded", "hcpcs": "J3490", "ndc": "12345-6789-01"})])
-    alert = res.alert(R.DRUG_UNITS_UNKNOWN)
+    alert = res.alert(V.DRUG_UNITS_UNKNOWN)
     assert alert["severity"] == "warn"
     # Engine choice (spec silent): the J3490 line is still derived (1 unit) and warned
     assert [ln["code"] for ln in _drug_lines(res)] == ["J3490"]
@@ -198,7 +198,7 @@ def test_dose_unit_incompatible_with_the_billing_unit_warns_and_bills_one_unit()
     # J0696 is billed per 250 mg; a dose in mL cannot be converted. Engine choice (spec
     # silent on the fallback): DRUG_UNITS_UNKNOWN (warn) and 1 unit on the drug line.
     res = run([admin_raw(drug={"dose": 2, "dose_unit": "mL"})])
-    alert = res.alert(R.DRUG_UNITS_UNKNOWN)
+    alert = res.alert(V.DRUG_UNITS_UNKNOWN)
     assert alert["code"] == "J0696" and alert["severity"] == "warn"
     assert res.line("J0696")["units"] == 1
-    assert res.line("J0696")["warnings"] == [R.DRUG_UNITS_UNKNOWN]
+    assert res.line("J0696")["warnings"] == [V.DRUG_UNITS_UNKNOWN]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import DROP, admin_raw, at, em_raw, run
 
-EM_REASONS = {R.EM_99211_SAME_DAY, R.EM_MISSING_MODIFIER_25, R.EM_NOT_SEPARATELY_IDENTIFIABLE}
+EM_REASONS = {V.EM_99211_SAME_DAY, V.EM_MISSING_MODIFIER_25, V.EM_NOT_SEPARATELY_IDENTIFIABLE}
 
 
 def _em_reasons(res) -> list[str]:
@@ -23,11 +23,11 @@ def test_99211_on_an_injection_day_holds_only_the_99211_line(payer, mods):
     res = run([admin_raw(payer_class=payer),
                em_raw(code="99211", modifiers=mods, separately_identifiable=True,
                       payer_class=payer)])
-    alert = res.alert(R.EM_99211_SAME_DAY)
+    alert = res.alert(V.EM_99211_SAME_DAY)
     assert alert["code"] == "99211"
     assert "99211" not in res.codes()
     assert "96372" in res.codes() and "J0696" in res.codes()
-    assert _em_reasons(res) == [R.EM_99211_SAME_DAY]  # not also a modifier-25 alert
+    assert _em_reasons(res) == [V.EM_99211_SAME_DAY]  # not also a modifier-25 alert
 
 
 def test_99211_without_injection_is_fine():
@@ -43,7 +43,7 @@ def test_em_with_25_and_separately_identifiable_is_billed_with_25():
 
 def test_em_separately_identifiable_without_25_is_missing_modifier_25():
     res = run([admin_raw(), em_raw(modifiers=[], separately_identifiable=True)])
-    alert = res.alert(R.EM_MISSING_MODIFIER_25)
+    alert = res.alert(V.EM_MISSING_MODIFIER_25)
     assert alert["code"] == "99213"
     assert "99213" not in res.codes()
     assert sorted(res.codes()) == ["96372", "J0696"]
@@ -52,14 +52,14 @@ def test_em_separately_identifiable_without_25_is_missing_modifier_25():
 @pytest.mark.parametrize("mods", [[], ["25"]])
 def test_em_not_separately_identifiable(mods):
     res = run([admin_raw(), em_raw(modifiers=mods, separately_identifiable=False)])
-    assert _em_reasons(res) == [R.EM_NOT_SEPARATELY_IDENTIFIABLE]
-    assert res.alert(R.EM_NOT_SEPARATELY_IDENTIFIABLE)["work_queue"] == "clinical_documentation"
+    assert _em_reasons(res) == [V.EM_NOT_SEPARATELY_IDENTIFIABLE]
+    assert res.alert(V.EM_NOT_SEPARATELY_IDENTIFIABLE)["work_queue"] == "clinical_documentation"
     assert "99213" not in res.codes()
 
 
 def test_separately_identifiable_defaults_to_false():
     res = run([admin_raw(), em_raw(separately_identifiable=DROP)])
-    assert _em_reasons(res) == [R.EM_NOT_SEPARATELY_IDENTIFIABLE]
+    assert _em_reasons(res) == [V.EM_NOT_SEPARATELY_IDENTIFIABLE]
 
 
 @pytest.mark.parametrize("em_kw", [
@@ -97,7 +97,7 @@ def test_push_infusion_and_intra_arterial_days_are_injection_days(route, extra, 
     res = run([admin_raw(route=route, drug="ondansetron", **extra),
                em_raw(code="99211", modifiers=[], separately_identifiable=False)])
     assert code in res.codes()
-    assert _em_reasons(res) == [R.EM_99211_SAME_DAY]
+    assert _em_reasons(res) == [V.EM_99211_SAME_DAY]
 
 
 def test_intra_articular_day_without_admin_line_is_not_an_injection_day():
@@ -109,7 +109,7 @@ def test_intra_articular_day_without_admin_line_is_not_an_injection_day():
 def test_held_injection_line_still_makes_an_injection_day():
     res = run([admin_raw(diagnosis_codes=DROP),
                em_raw(code="99211", modifiers=[], separately_identifiable=False)])
-    assert sorted(res.reasons()) == sorted([R.MISSING_DIAGNOSIS, R.EM_99211_SAME_DAY])
+    assert sorted(res.reasons()) == sorted([V.MISSING_DIAGNOSIS, V.EM_99211_SAME_DAY])
 
 
 def test_withdrawn_injection_does_not_make_an_injection_day():
@@ -129,7 +129,7 @@ def test_injection_on_another_day_does_not_make_an_injection_day():
 def test_em_alert_resolves_when_the_em_is_amended_with_25():
     e = em_raw(record_id="note-1", modifiers=[], recorded_at=at("09:30"))
     res = run([admin_raw(), e])
-    assert _em_reasons(res) == [R.EM_MISSING_MODIFIER_25]
+    assert _em_reasons(res) == [V.EM_MISSING_MODIFIER_25]
     fixed = {**e, "event_id": "ev-e-fix", "modifiers": ["25"], "recorded_at": at("12:00")}
     res2 = run([admin_raw(), e, fixed])
     assert res2.alerts == []
@@ -138,7 +138,7 @@ def test_em_alert_resolves_when_the_em_is_amended_with_25():
 
 def test_em_invalid_diagnosis_holds_the_em_line():
     res = run([em_raw(diagnosis_codes=["not-a-code"])])
-    assert res.reasons() == [R.INVALID_DIAGNOSIS_CODE]
+    assert res.reasons() == [V.INVALID_DIAGNOSIS_CODE]
     assert res.lines == []
 
 
@@ -151,7 +151,7 @@ def test_em_without_diagnosis_is_not_missing_diagnosis():
 
 def test_em_invalid_rendering_npi():
     res = run([em_raw(rendering_npi="1234567890")])
-    assert res.reasons() == [R.INVALID_NPI]
+    assert res.reasons() == [V.INVALID_NPI]
     assert res.lines == []
 
 
@@ -166,8 +166,8 @@ def test_99211_bundling_payer_classes_are_configurable(tmp_path):
 
     d = rules_dir_with(tmp_path, "payer_profiles.csv", commercial_pays_99211)
     com = run([admin_raw(), em_raw(code="99211", modifiers=["25"])], rules_dir=d)
-    assert R.EM_99211_SAME_DAY not in com.reasons()
+    assert V.EM_99211_SAME_DAY not in com.reasons()
     assert com.line("99211")["modifiers"] == ["25"]
     mcr = run([admin_raw(payer_class="medicare"),
                em_raw(code="99211", modifiers=["25"], payer_class="medicare")], rules_dir=d)
-    assert _em_reasons(mcr) == [R.EM_99211_SAME_DAY]
+    assert _em_reasons(mcr) == [V.EM_99211_SAME_DAY]

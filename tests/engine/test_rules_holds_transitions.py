@@ -8,8 +8,8 @@ from collections import defaultdict
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from stream_app.engine import reasons as R
-from stream_app.engine.engine import ALERT, LINE
+from stream_app import vocabulary as V
+from stream_app.vocabulary import ALERT, LINE
 from tests.engine.builders import (
     DROP,
     Result,
@@ -97,7 +97,7 @@ def test_amendment_moving_a_record_to_another_day_voids_the_old_days_lines():
     state, out = eng.ingest(state, [parse(moved)], 1.0)
     res.keep(out)
     assert res.alerts == []  # the 03-14 MISSING_DOCUMENTATION is resolved
-    assert [v["reason_code"] for v in res.alerts_by_key.values()] == [R.MISSING_DOCUMENTATION]
+    assert [v["reason_code"] for v in res.alerts_by_key.values()] == [V.MISSING_DOCUMENTATION]
     assert {ln["service_date"] for ln in res.lines} == {"2025-03-13"}
     assert sorted(res.codes()) == ["96372", "J0696"]
 
@@ -128,7 +128,7 @@ def test_entered_in_error_resolves_the_records_alerts():
     a = admin_raw(record_id="mar-1", recorded_at=at("09:30"), site=DROP)
     state, out = eng.ingest(None, [parse(a)], 0.0)
     (alert,) = [d for d in out.decisions if d.kind == ALERT]
-    assert alert.value["reason_code"] == R.MISSING_DOCUMENTATION
+    assert alert.value["reason_code"] == V.MISSING_DOCUMENTATION
     wd = {**a, "event_id": "ev-wd", "status": "entered-in-error", "recorded_at": at("10:00")}
     state, out = eng.ingest(state, [parse(wd)], 5.0)
     assert [(d.key, d.value["state"]) for d in out.decisions] == [(alert.key, "resolved")]
@@ -153,7 +153,7 @@ def test_a_line_becoming_held_is_voided_and_released_when_fixed():
     state, out = eng.ingest(state, [parse(bad)], 1.0)
     res.keep(out)
     assert {v["line_id"] for v in res.void_lines()} == ids
-    assert res.reasons() == [R.MISSING_DIAGNOSIS]
+    assert res.reasons() == [V.MISSING_DIAGNOSIS]
     good = {**a, "event_id": "ev-good", "recorded_at": at("11:00")}
     state, out = eng.ingest(state, [parse(good)], 2.0)
     res.keep(out)
@@ -354,7 +354,7 @@ def test_finish_settles_then_closes_every_day():
     assert out.closed_days == 2
     last = {d.key: d.value for d in out.decisions}  # settle, then close: last per key
     alerts = [v for v in last.values() if "alert_id" in v]
-    assert [a["reason_code"] for a in alerts] == [R.MISSING_NDC]
+    assert [a["reason_code"] for a in alerts] == [V.MISSING_NDC]
     assert all(v["final"] for v in last.values())
     assert {d.value["service_date"] for d in out.decisions if d.kind == LINE} == \
         {"2025-03-14", "2025-03-20"}
@@ -432,4 +432,4 @@ def test_entered_in_error_dispense_unmatches_it():
     d = dispense_raw(record_id="disp-1", order_id="ORD-1", recorded_at=at("09:06"))
     wd = {**d, "event_id": "ev-wd-d", "status": "entered-in-error", "recorded_at": at("12:00")}
     res = run([admin_raw(order_id="ORD-1", drug={"ndc": DROP}), d, wd])
-    assert res.reasons() == [R.MISSING_NDC]
+    assert res.reasons() == [V.MISSING_NDC]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import NPI, NPI_2, admin_raw, em_raw, rules_dir_with, run
 
 
@@ -68,7 +68,7 @@ def test_held_lines_count_in_the_ordering():
     recs = [admin_raw(record_id="a", time="09:00", drug="ceftriaxone", diagnosis_codes=[]),
             admin_raw(record_id="b", time="10:00", drug="ketorolac")]
     res = run(recs)
-    assert res.reasons() == [R.MISSING_DIAGNOSIS]
+    assert res.reasons() == [V.MISSING_DIAGNOSIS]
     assert _mods_by_record(recs, res) == {"b": ["59"]}
 
 
@@ -90,7 +90,7 @@ def test_blocked_duplicate_does_not_count_in_the_ordering():
             admin_raw(record_id="d", time="11:00", drug="ketorolac"),
             admin_raw(record_id="c", time="13:00")]
     res = run(recs)
-    assert res.reasons() == [R.DUPLICATE_SERVICE]
+    assert res.reasons() == [V.DUPLICATE_SERVICE]
     assert _mods_by_record(recs, res) == {"a": [], "d": ["59"], "c": ["76"]}
 
 
@@ -132,7 +132,7 @@ def test_payer_profile_preferring_xu(tmp_path):
 ])
 def test_modifier_not_allowed_on_an_injection(mods, flagged):
     res = run([admin_raw(charge_code="96372", charge_modifiers=mods)])
-    alert = res.alert(R.MODIFIER_NOT_ALLOWED)
+    alert = res.alert(V.MODIFIER_NOT_ALLOWED)
     assert alert["code"] == "96372"
     assert alert["predicted_denial"] == {"carc": "CO-4", "rarc": None}
     # details name the offending modifiers (engine choice of labels for combinations)
@@ -143,13 +143,13 @@ def test_modifier_not_allowed_on_an_injection(mods, flagged):
 @pytest.mark.parametrize("mods", [["59"], ["XU"], ["76"], ["JZ"]])
 def test_allowed_proposed_modifiers_on_an_injection(mods):
     res = run([admin_raw(charge_code="96372", charge_modifiers=mods)])
-    assert R.MODIFIER_NOT_ALLOWED not in res.reasons()
+    assert V.MODIFIER_NOT_ALLOWED not in res.reasons()
 
 
 @pytest.mark.parametrize("mod", ["59", "XE", "XS", "XP", "XU"])
 def test_distinct_modifier_on_an_em_is_not_allowed(mod):
     res = run([admin_raw(), em_raw(modifiers=["25", mod])])
-    alert = res.alert(R.MODIFIER_NOT_ALLOWED)
+    alert = res.alert(V.MODIFIER_NOT_ALLOWED)
     assert alert["code"] == "99213"
     assert alert["details"]["modifiers"] == [mod]
     assert "99213" not in res.codes()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import DROP, NPI_2, admin_raw, at, rules_dir_with, run
 
 FIVE = ["ceftriaxone", "ketorolac", "dexamethasone", "promethazine", "b12"]
@@ -43,13 +43,13 @@ def test_four_96372_lines_are_within_the_mue():
 def test_fifth_96372_line_is_warned_mai_1():
     recs = _injections(5)
     res = run(list(reversed(recs)))  # arrival order does not decide which is the excess
-    alert = res.alert(R.MUE_EXCEEDED)
+    alert = res.alert(V.MUE_EXCEEDED)
     assert alert["severity"] == "warn" and alert["code"] == "96372"
     assert alert["predicted_denial"]["carc"] == "CO-151"
     lines = _by_record(recs, res, "96372")
     assert len(lines) == 5  # warn: nothing held
     assert {k: v["warnings"] for k, v in lines.items()} == {
-        "r0": [], "r1": [], "r2": [], "r3": [], "r4": [R.MUE_EXCEEDED]}
+        "r0": [], "r1": [], "r2": [], "r3": [], "r4": [V.MUE_EXCEEDED]}
     assert lines["r4"]["denial_risk"] == 0.5
     # MUE concerns only the excess 96372 line, not the record's drug line
     assert res.line("J3420")["warnings"] == []
@@ -59,7 +59,7 @@ def test_mai_2_blocks_only_the_excess_lines(tmp_path):
     d = rules_dir_with(tmp_path, "mue.csv", _set_mue("96372", "2", "2 Date of Service Edit: Policy"))
     recs = _injections(4)
     res = run(recs, rules_dir=d)
-    alert = res.alert(R.MUE_EXCEEDED)
+    alert = res.alert(V.MUE_EXCEEDED)
     assert alert["severity"] == "block"
     excess = alert["details"]["excess_line_ids"]
     assert len(excess) == 2 and not set(excess) & {ln["line_id"] for ln in res.lines}
@@ -73,7 +73,7 @@ def test_mai_3_blocks_too(tmp_path):
     d = rules_dir_with(tmp_path, "mue.csv", _set_mue("96372", "1", "3 Date of Service Edit: Clinical"))
     recs = _injections(2)
     res = run(recs, rules_dir=d)
-    assert res.alert(R.MUE_EXCEEDED)["severity"] == "block"
+    assert res.alert(V.MUE_EXCEEDED)["severity"] == "block"
     assert sorted(_by_record(recs, res, "96372")) == ["r0"]
 
 
@@ -82,7 +82,7 @@ def test_mue_sums_units_not_lines(tmp_path):
     d = rules_dir_with(tmp_path, "mue.csv", _set_mue("96366", "2", "3"))
     res = run([admin_raw(route="IV_INFUSION", time="08:00", ended_at=at("11:31"),
                          drug="ondansetron")], rules_dir=d)
-    alert = res.alert(R.MUE_EXCEEDED)
+    alert = res.alert(V.MUE_EXCEEDED)
     assert alert["code"] == "96366" and alert["details"]["units"] == 3
     assert "96366" not in res.codes()
     assert "96365" in res.codes()
@@ -92,8 +92,8 @@ def test_held_lines_count_towards_the_mue():
     recs = _injections(5)
     recs[0]["diagnosis_codes"] = []  # r0 held by MISSING_DIAGNOSIS, still counted
     res = run(recs)
-    assert sorted(res.reasons()) == sorted([R.MISSING_DIAGNOSIS, R.MUE_EXCEEDED])
-    assert _by_record(recs, res, "96372")["r4"]["warnings"] == [R.MUE_EXCEEDED]
+    assert sorted(res.reasons()) == sorted([V.MISSING_DIAGNOSIS, V.MUE_EXCEEDED])
+    assert _by_record(recs, res, "96372")["r4"]["warnings"] == [V.MUE_EXCEEDED]
 
 
 def test_withdrawn_records_do_not_count_towards_the_mue():
@@ -109,7 +109,7 @@ def test_blocked_duplicates_do_not_count_towards_the_mue():
     recs = _injections(4)
     dup = admin_raw(record_id="dup", time="09:03", drug="ceftriaxone", rendering_npi=NPI_2)
     res = run(recs + [dup])
-    assert res.reasons() == [R.DUPLICATE_SERVICE]
+    assert res.reasons() == [V.DUPLICATE_SERVICE]
 
 
 # ---------------------------------------------------------------- FREQUENCY_LIMIT
@@ -126,10 +126,10 @@ def test_medicare_j3420_twice_within_30_days_warns_the_later(later):
     recs = [admin_raw(record_id="first", day="2025-03-01", **B12_MEDICARE),
             admin_raw(record_id="second", day=later, **B12_MEDICARE)]
     res = run(list(reversed(recs)))
-    alert = res.alert(R.FREQUENCY_LIMIT)
+    alert = res.alert(V.FREQUENCY_LIMIT)
     assert alert["severity"] == "warn" and alert["service_date"] == later
     assert alert["predicted_denial"]["carc"] == "CO-119"
-    assert _j3420_warnings(recs, res) == {"first": [], "second": [R.FREQUENCY_LIMIT]}
+    assert _j3420_warnings(recs, res) == {"first": [], "second": [V.FREQUENCY_LIMIT]}
     assert all(ln["warnings"] == [] for ln in res.lines if ln["code"] == "96372")
 
 
@@ -158,7 +158,7 @@ def test_frequency_limit_same_day_twice():
     recs = [admin_raw(record_id="first", time="09:00", **B12_MEDICARE),
             admin_raw(record_id="second", time="15:00", **B12_MEDICARE)]
     res = run(recs)
-    assert _j3420_warnings(recs, res) == {"first": [], "second": [R.FREQUENCY_LIMIT]}
+    assert _j3420_warnings(recs, res) == {"first": [], "second": [V.FREQUENCY_LIMIT]}
 
 
 def test_blocking_frequency_limit_holds_only_the_excess_drug_line():
@@ -167,7 +167,7 @@ def test_blocking_frequency_limit_holds_only_the_excess_drug_line():
     recs = [admin_raw(record_id="first", day="2025-01-10", **botox),
             admin_raw(record_id="second", day="2025-03-14", **botox)]
     res = run(recs)
-    alert = res.alert(R.FREQUENCY_LIMIT)
+    alert = res.alert(V.FREQUENCY_LIMIT)
     assert alert["severity"] == "block" and alert["service_date"] == "2025-03-14"
     assert sorted(_by_record(recs, res, "J0585")) == ["first"]
     assert sorted(_by_record(recs, res, "96372")) == ["first", "second"]
@@ -180,7 +180,7 @@ def test_same_ndc_by_two_providers_4_minutes_apart_blocks_the_later():
     recs = [admin_raw(record_id="a", time="09:20"),
             admin_raw(record_id="b", time="09:24", rendering_npi=NPI_2, performer_id="nurse-9")]
     res = run(list(reversed(recs)))
-    alert = res.alert(R.DUPLICATE_SERVICE)
+    alert = res.alert(V.DUPLICATE_SERVICE)
     assert recs[1]["event_id"] in alert["source_event_ids"]
     assert alert["predicted_denial"]["carc"] == "CO-18"
     assert sorted(_by_record(recs, res, "96372")) == ["a"]
@@ -190,7 +190,7 @@ def test_same_ndc_by_two_providers_4_minutes_apart_blocks_the_later():
 def test_exactly_5_minutes_apart_is_a_duplicate():
     # "within 5 minutes of each other": engine treats 5:00 as within (inclusive)
     recs = [admin_raw(record_id="a", time="09:20"), admin_raw(record_id="b", time="09:25")]
-    assert run(recs).reasons() == [R.DUPLICATE_SERVICE]
+    assert run(recs).reasons() == [V.DUPLICATE_SERVICE]
 
 
 def test_6_minutes_apart_is_not_a_duplicate():
@@ -206,8 +206,8 @@ def test_duplicate_tie_on_occurred_at_blocks_the_larger_record_id(arrival):
     recs = [admin_raw(record_id="mar-a", time="09:20"),
             admin_raw(record_id="mar-b", time="09:20", rendering_npi=NPI_2)]
     res = run(recs if arrival == 0 else list(reversed(recs)))
-    assert res.reasons() == [R.DUPLICATE_SERVICE]
-    assert recs[1]["event_id"] in res.alert(R.DUPLICATE_SERVICE)["source_event_ids"]
+    assert res.reasons() == [V.DUPLICATE_SERVICE]
+    assert recs[1]["event_id"] in res.alert(V.DUPLICATE_SERVICE)["source_event_ids"]
     assert sorted(_by_record(recs, res, "96372")) == ["mar-a"]
 
 
@@ -215,13 +215,13 @@ def test_duplicate_by_name_when_there_is_no_ndc():
     recs = [admin_raw(record_id="a", time="09:20", drug={"ndc": DROP}),
             admin_raw(record_id="b", time="09:22", drug={"ndc": DROP, "name": "CEFTRIAXONE"})]
     res = run(recs, settle=False)  # before settling: no MISSING_NDC yet
-    assert res.reasons() == [R.DUPLICATE_SERVICE]
+    assert res.reasons() == [V.DUPLICATE_SERVICE]
 
 
 def test_same_ndc_under_another_name_is_a_duplicate():
     recs = [admin_raw(record_id="a", time="09:20"),
             admin_raw(record_id="b", time="09:21", drug={"name": "Rocephin"})]
-    assert run(recs).reasons() == [R.DUPLICATE_SERVICE]
+    assert run(recs).reasons() == [V.DUPLICATE_SERVICE]
 
 
 def test_different_drugs_a_minute_apart_are_not_duplicates():

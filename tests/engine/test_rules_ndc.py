@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import (
     DROP,
     Result,
@@ -40,7 +40,7 @@ def test_missing_ndc_waits_for_settle_then_holds_then_resolves_on_dispense():
 
     state, out = eng.advance(state, now=1000.0)
     res.keep(out)
-    alert = res.alert(R.MISSING_NDC)
+    alert = res.alert(V.MISSING_NDC)
     assert alert["severity"] == "block" and alert["work_queue"] == "pharmacy"
     assert alert["predicted_denial"] == {"carc": "CO-16", "rarc": "M119"}
     assert res.lines == []
@@ -62,16 +62,16 @@ def test_settle_counts_from_the_last_message_of_the_patient_day():
     state, _ = eng.ingest(None, [admin(drug=NO_NDC)], now=0.0)
     state, _ = eng.ingest(state, [em()], now=800.0)
     state, out = eng.advance(state, now=1000.0)  # only 200 s after the last message
-    assert [d for d in out.decisions if d.value.get("reason_code") == R.MISSING_NDC] == []
+    assert [d for d in out.decisions if d.value.get("reason_code") == V.MISSING_NDC] == []
     state, out = eng.advance(state, now=1700.0)
-    assert [d.value["reason_code"] for d in out.decisions if d.kind == "alert"] == [R.MISSING_NDC]
+    assert [d.value["reason_code"] for d in out.decisions if d.kind == "alert"] == [V.MISSING_NDC]
 
 
 def test_settle_seconds_is_configurable():
     eng = engine(settle_seconds=60.0)
     state, _ = eng.ingest(None, [admin(drug=NO_NDC)], now=0.0)
     state, out = eng.advance(state, now=61.0)
-    assert [d.value["reason_code"] for d in out.decisions if d.kind == "alert"] == [R.MISSING_NDC]
+    assert [d.value["reason_code"] for d in out.decisions if d.kind == "alert"] == [V.MISSING_NDC]
 
 
 def test_ndc_on_the_administration_needs_no_dispense():
@@ -91,10 +91,10 @@ def test_vaccine_without_ndc_is_not_missing_ndc():
                                  "00409-7332-011", "0040973320"])
 def test_invalid_ndc(ndc):
     res = run([admin_raw(drug={"ndc": ndc})])
-    alert = res.alert(R.INVALID_NDC)
+    alert = res.alert(V.INVALID_NDC)
     assert alert["predicted_denial"] == {"carc": "CO-16", "rarc": "M119"}
     assert res.lines == []
-    assert R.MISSING_NDC not in res.reasons()
+    assert V.MISSING_NDC not in res.reasons()
 
 
 @pytest.mark.parametrize("ndc, ndc11", [
@@ -114,8 +114,8 @@ def test_invalid_ndc_on_the_only_dispense():
     # INVALID_NDC rather than MISSING_NDC
     res = run([admin_raw(order_id="ORD-3", drug=NO_NDC),
                dispense_raw(order_id="ORD-3", ndc="0409733201")])
-    assert res.reasons() == [R.INVALID_NDC]
-    assert res.alert(R.INVALID_NDC)["details"] == {"source": "dispense"}
+    assert res.reasons() == [V.INVALID_NDC]
+    assert res.alert(V.INVALID_NDC)["details"] == {"source": "dispense"}
 
 
 # ---------------------------------------------------------------- NDC_MISMATCH
@@ -124,13 +124,13 @@ def test_invalid_ndc_on_the_only_dispense():
 def test_ndc_mismatch_warns_and_keeps_lines_active():
     res = run([admin_raw(order_id="ORD-9"),
                dispense_raw(order_id="ORD-9", ndc="0409-3795-01")])
-    alert = res.alert(R.NDC_MISMATCH)
+    alert = res.alert(V.NDC_MISMATCH)
     assert alert["severity"] == "warn"
     assert alert["details"] == {"administration_ndc": "00409733201",
                                 "dispense_ndc": "00409379501"}
     assert sorted(res.codes()) == ["96372", "J0696"]
     for ln in res.lines:
-        assert ln["warnings"] == [R.NDC_MISMATCH]
+        assert ln["warnings"] == [V.NDC_MISMATCH]
         assert ln["denial_risk"] == 0.3
     # Engine choice (spec silent): the drug line keeps the administration's NDC
     assert res.line("J0696")["ndc"] == "00409733201"
@@ -157,12 +157,12 @@ def test_dispense_matches_by_order_id_across_days():
 
 def test_dispense_with_other_order_id_does_not_match():
     res = run([dispense_raw(order_id="ORD-OTHER"), admin_raw(order_id="ORD-5", drug=NO_NDC)])
-    assert res.reasons() == [R.MISSING_NDC]
+    assert res.reasons() == [V.MISSING_NDC]
 
 
 def test_dispense_without_order_id_on_another_date_does_not_match():
     res = run([dispense_raw(day="2025-03-13", time="18:00"), admin_raw(drug=NO_NDC)])
-    assert res.reasons() == [R.MISSING_NDC]
+    assert res.reasons() == [V.MISSING_NDC]
 
 
 def test_dispense_without_order_id_matches_same_date_and_ndc():
@@ -206,15 +206,15 @@ def test_one_dispense_for_two_administrations_leaves_the_second_without_ndc():
     b = admin_raw(record_id="b", time="13:00", drug=NO_NDC)
     res = run([admin_raw(record_id="a", time="09:00", drug=NO_NDC), b,
                dispense_raw(time="08:30")])
-    assert res.reasons() == [R.MISSING_NDC]
-    assert res.alert(R.MISSING_NDC)["source_event_ids"] == [b["event_id"]]
+    assert res.reasons() == [V.MISSING_NDC]
+    assert res.alert(V.MISSING_NDC)["source_event_ids"] == [b["event_id"]]
     assert [ln["code"] for ln in res.lines if ln["code"].startswith("J")] == ["J0696"]
 
 
 def test_dispense_with_order_id_does_not_fall_back_to_ndc_matching():
     # contract: NDC / name matching is for dispenses *without* order_id
     res = run([admin_raw(drug=NO_NDC), dispense_raw(order_id="ORD-NONE")])
-    assert res.reasons() == [R.MISSING_NDC]
+    assert res.reasons() == [V.MISSING_NDC]
 
 
 def test_open_missing_ndc_stays_open_when_unrelated_records_arrive():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_app.engine import reasons as R
+from stream_app import vocabulary as V
 from tests.engine.builders import DROP, admin_raw, run
 
 
@@ -16,7 +16,7 @@ def test_non_injection_drug_line_without_diagnosis_is_held(route):
     # contract.md §3: "a charge line for each line that passes every blocking check";
     # MISSING_DIAGNOSIS: "no ICD-10-CM code on the administration" (block)
     res = run([admin_raw(route=route, diagnosis_codes=DROP)])
-    assert R.MISSING_DIAGNOSIS in res.reasons()
+    assert V.MISSING_DIAGNOSIS in res.reasons()
     assert "J0696" not in res.codes()
 
 
@@ -24,14 +24,14 @@ def test_non_injection_drug_line_without_diagnosis_is_held(route):
 def test_non_injection_drug_line_with_invalid_npi_is_held(route):
     # INVALID_NPI: "rendering or supervising NPI fails the check digit" (block)
     res = run([admin_raw(route=route, rendering_npi="1234567890")])
-    assert R.INVALID_NPI in res.reasons()
+    assert V.INVALID_NPI in res.reasons()
     assert "J0696" not in res.codes()
 
 
 def test_non_injection_drug_line_without_ndc_is_held_once_settled():
     # MISSING_NDC: "no NDC from the administration or a matched dispense once settled"
     res = run([admin_raw(route="ORAL", drug={"ndc": DROP})])
-    assert R.MISSING_NDC in res.reasons()
+    assert V.MISSING_NDC in res.reasons()
     assert "J0696" not in res.codes()
 
 
@@ -39,4 +39,4 @@ def test_non_injection_medicare_single_dose_drug_line_needs_jw_jz():
     # Drug supply lines: Medicare, single-dose, >= 2023-07-01 -> JZ when nothing was
     # wasted; WASTE_MODIFIER_MISSING when wasted_amount is absent
     res = run([admin_raw(route="ORAL", payer_class="medicare", drug={"wasted_amount": DROP})])
-    assert R.WASTE_MODIFIER_MISSING in res.reasons()
+    assert V.WASTE_MODIFIER_MISSING in res.reasons()

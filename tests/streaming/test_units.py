@@ -12,8 +12,7 @@ import orjson
 import pytest
 
 from stream_app.config import Settings
-from stream_app.engine.engine import Decision, Outcome
-from stream_app.engine.records import DeadLetter
+from stream_app.engine import DeadLetter, Decision, Outcome
 from stream_app.streaming import codecs
 from stream_app.streaming.processor import (
     Item,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.engine.records import DeadLetter, parse_record
+from stream_app.engine import DeadLetter, parse_record
 from stream_app.vocabulary import INPUT_TOPICS
 from tests.support.paths import KAFKA_DATA, KAFKA_SH
 from tests.support.worker import ALERTS, DEAD, LINES

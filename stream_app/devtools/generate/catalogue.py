@@ -9,7 +9,7 @@ from bisect import bisect
 from dataclasses import dataclass
 from itertools import accumulate
 
-from stream_app.engine import normalise
+from stream_app.engine import npi_check_digit, npi_valid
 
 PAYER_MIX = (
     ("medicare", 40),
@@ -235,8 +235,8 @@ SCENARIOS = (
 
 
 # The generator draws NPIs with the validator's own check digit (billing-rules.md §8).
-npi_check_digit = normalise.npi_check_digit
-npi_is_valid = normalise.npi_valid
+npi_check_digit = npi_check_digit
+npi_is_valid = npi_valid
 
 
 def ndc_label_to_11(label: str) -> str:

@@ -14,26 +14,32 @@ import orjson
 
 from stream_app.engine import normalise
 from stream_app.engine.records import (
-    ADMINISTRATION,
-    COMPLETED,
-    DISPENSE,
-    EM_SERVICE,
-    ENTERED_IN_ERROR,
-    INVALID_ENCODING,
-    INVALID_JSON,
-    INVALID_TIMESTAMP,
     MAX_RECORD_BYTES,
-    MISSING_FIELD,
-    NOT_AN_OBJECT,
-    TOO_LARGE,
-    UNKNOWN_EVENT_TYPE,
-    WRONG_TYPE,
     Administration,
     DeadLetter,
     Dispense,
     Drug,
     EMService,
     InputRecord,
+)
+from stream_app.vocabulary import (
+    ADMINISTRATION,
+    COMPLETED,
+    CONTAINERS,
+    DRUG_CATEGORIES,
+    EM_SERVICE,
+    ENTERED_IN_ERROR,
+    EVENT_TYPES,
+    INVALID_ENCODING,
+    INVALID_JSON,
+    INVALID_TIMESTAMP,
+    MISSING_FIELD,
+    NDC_UNITS,
+    NOT_AN_OBJECT,
+    PAYER_CLASSES,
+    TOO_LARGE,
+    UNKNOWN_EVENT_TYPE,
+    WRONG_TYPE,
 )
 
 MAX_ID_CHARS = 256  # ids, codes, zone names, lot numbers
@@ -44,13 +50,10 @@ MAX_YEAR = 2100
 
 _DOSE_UNITS = {"mg": "mg", "mcg": "mcg", "g": "g", "ml": "mL", "units": "units",
                "unit": "units", "u": "units"}
-_QUANTITY_UNITS = {u: u for u in ("UN", "ML", "GR", "ME", "F2")}
-_CATEGORIES = {c: c for c in ("therapeutic", "prophylactic", "diagnostic", "vaccine",
-                              "allergen_immunotherapy", "antineoplastic",
-                              "hormonal_antineoplastic", "procedural")}
-_CONTAINERS = {c: c for c in ("single_dose", "multi_dose", "unknown")}
-_PAYER_CLASSES = {p: p for p in ("medicare", "medicaid", "commercial", "workers_comp",
-                                 "self_pay")}
+_QUANTITY_UNITS = {u: u for u in NDC_UNITS}
+_CATEGORIES = {c: c for c in DRUG_CATEGORIES}
+_CONTAINERS = {c: c for c in CONTAINERS}
+_PAYER_CLASSES = {p: p for p in PAYER_CLASSES}
 _STATUSES = {COMPLETED: COMPLETED, ENTERED_IN_ERROR: ENTERED_IN_ERROR}
 _POS = frozenset(f"{i:02d}" for i in range(100))
 _ENUM_SEPARATORS = str.maketrans({" ": "_", "-": "_"})
@@ -278,7 +281,7 @@ def _parse_drug(obj: dict) -> Drug:
         _opt_enum(d, "category", "drug.category", _CATEGORIES,
                   "the drug categories of the contract") or "therapeutic",
         _opt_enum(d, "container", "drug.container", _CONTAINERS,
-                  "single_dose, multi_dose, unknown") or "unknown",
+                  ", ".join(CONTAINERS)) or "unknown",
         _opt_number(d, "wasted_amount", "drug.wasted_amount", allow_zero=True),
         _opt_str(d, "lot_number", "drug.lot_number", MAX_ID_CHARS),
     )
@@ -337,7 +340,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             ended_at,
             _opt_pos(obj, "place_of_service"),
             _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
-                      "medicare, medicaid, commercial, workers_comp, self_pay"),
+                      ", ".join(PAYER_CLASSES)),
             route,
             _opt_str(obj, "site", "site", MAX_TEXT_CHARS),
             _parse_drug(obj),
@@ -365,7 +368,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             separately,
             _opt_pos(obj, "place_of_service"),
             _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
-                      "medicare, medicaid, commercial, workers_comp, self_pay"),
+                      ", ".join(PAYER_CLASSES)),
             _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
             _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
         )
@@ -378,7 +381,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
         _opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
         _opt_number(obj, "quantity", "quantity", allow_zero=False),
         _opt_enum(obj, "quantity_unit", "quantity_unit", _QUANTITY_UNITS,
-                  "UN, ML, GR, ME, F2", lower=False),
+                  ", ".join(NDC_UNITS), lower=False),
         _opt_str(obj, "lot_number", "lot_number", MAX_ID_CHARS),
     )
 
@@ -443,9 +446,9 @@ _new_em_service = _constructor(EMService)
 _new_dispense = _constructor(Dispense)
 
 
-_EVENT_TYPES = frozenset((ADMINISTRATION, EM_SERVICE, DISPENSE))
+_EVENT_TYPES = frozenset(EVENT_TYPES)
 
-_INTERNAL_ERROR = "record could not be validated"
+INTERNAL_ERROR = "record could not be validated"
 
 
 def parse_record(raw: bytes | str, *, default_tz: str = "UTC") -> InputRecord | DeadLetter:
@@ -455,4 +458,4 @@ def parse_record(raw: bytes | str, *, default_tz: str = "UTC") -> InputRecord | 
     except _Reject as r:
         return r.dead_letter
     except Exception:  # defensive: a bug here must not stop the stream
-        return DeadLetter(INVALID_JSON, _INTERNAL_ERROR, None)
+        return DeadLetter(INVALID_JSON, INTERNAL_ERROR, None)
