@@ -145,10 +145,12 @@ def _bundle(doc: dict, raw: bytes, ctx: M.UnitContext, site: SiteConfig,
         if resource is None:
             request = entry.get("request")
             method = request.get("method") if type(request) is dict else None
-            what = f"a {method} entry" if type(method) is str and method.isalpha() else "an entry"
-            dead.append(_dead(FHIR_DELETE_UNMAPPABLE,
-                              f"{path} is {what} without a resource (withdraw a record with an "
-                              "entered-in-error version instead)", f"{path}.resource", _dump(entry)))
+            if method == "DELETE":
+                why = (f"{path} is a DELETE: a deletion cannot be mapped (withdraw the record "
+                       "with an entered-in-error version instead)")
+            else:
+                why = f"{path} has no resource (request, or id-only notification)"
+            dead.append(_dead(FHIR_DELETE_UNMAPPABLE, why, f"{path}.resource", _dump(entry)))
             continue
         rpath = f"{path}.resource"
         if type(resource) is not dict:

@@ -802,7 +802,8 @@ def map_medication_administration(d: Draft, ctx: UnitContext, full_url: str | No
     lot = lot_number(d, ctx, med)
     if lot:
         drug["lot_number"] = lot
-    d.fields["drug"] = drug
+    if drug:
+        d.fields["drug"] = drug
     performer(d, ctx, on, function_system=SYS_MED_ADMIN_FUNCTION, function_code="performer")
     for role, key in (("primary", "rendering_npi"), ("supervisor", "supervising_npi")):
         npi = npi_by_role(d, ctx, role)
