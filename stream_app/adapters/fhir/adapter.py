@@ -80,7 +80,7 @@ def _adapt(raw: bytes, site: SiteConfig, default_tz: str, bulk: BulkIndex | None
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        if "recursion" in str(exc).lower():
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
             return Adapted([], [_dead(FHIR_INVALID, f"JSON nested deeper than {M.MAX_DEPTH}",
                                       None, raw)])
         return Adapted([], [_dead(INVALID_JSON, "input is not JSON", None, raw)])
