@@ -36,9 +36,21 @@ def entry(bundle: dict, rtype: str, rid: str) -> dict:
     raise KeyError((rtype, rid))
 
 
+def assert_valid_fhir(doc: dict) -> None:
+    """The FHIR R4B models (which accept R4 content) validate the whole document: proves a
+    test input the adapter accepted is real FHIR, not a shape only this adapter reads."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    get_fhir_model_class(doc["resourceType"]).model_validate(doc)
+
+
 def run(doc: dict | bytes, site: SiteConfig = PACKAGED, **kw) -> Adapted:
+    """Adapt a test input; an input that yields records must be valid FHIR."""
     raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
-    return adapt(raw, site, **kw)
+    result = adapt(raw, site, **kw)
+    if result.records:
+        assert_valid_fhir(orjson.loads(raw))
+    return result
 
 
 def one_record(doc: dict | bytes, site: SiteConfig = PACKAGED, **kw) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 from stream_app.adapters.fhir import adapt
 
-from .helpers import OFFICE_VISIT_FHIR, OFFICE_VISIT_NDJSON, PACKAGED, by_type
+from .helpers import OFFICE_VISIT_FHIR, OFFICE_VISIT_NDJSON, PACKAGED, assert_valid_fhir, by_type
 
 # ehr-mapping §7: which fields each record takes from the encounter (absent in its own FHIR).
 INHERITED = {
@@ -28,7 +28,9 @@ def _expected() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def mapped() -> dict[str, dict]:
-    result = adapt(OFFICE_VISIT_FHIR.read_bytes(), PACKAGED)
+    raw = OFFICE_VISIT_FHIR.read_bytes()
+    assert_valid_fhir(orjson.loads(raw))
+    result = adapt(raw, PACKAGED)
     assert result.dead_letters == []
     return by_type(result)
 

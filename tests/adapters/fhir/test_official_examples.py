@@ -3,11 +3,12 @@ below, read from the FHIR files themselves) or refused with a named code (ehr-ma
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from stream_app.adapters.fhir import adapt
 
-from .helpers import PACKAGED, R4_EXAMPLES
+from .helpers import PACKAGED, R4_EXAMPLES, assert_valid_fhir
 
 ABSENT = object()
 
@@ -161,6 +162,7 @@ def test_mapped_example(name: str) -> None:
     result = adapt(raw, PACKAGED)
     assert not result.dead_letters, result.dead_letters
     assert len(result.records) == 1
+    assert_valid_fhir(orjson.loads(raw))  # what the adapter accepts is valid FHIR
     record = result.records[0]
     for dotted, expected in MAPPED[name].items():
         if dotted == "warnings":

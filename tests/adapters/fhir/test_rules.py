@@ -438,6 +438,7 @@ def test_order_id_from_identifier_and_diagnoses_from_condition() -> None:
     m["reasonCode"].append({"coding": [{"system": "http://snomed.info/sct", "code": "1234"}]})
     doc["entry"].append({"fullUrl": "https://ehr.example.org/fhir/Condition/c1", "resource": {
         "resourceType": "Condition", "id": "c1", "meta": {"versionId": "2"},
+        "subject": {"reference": "Patient/P100"},
         "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "J02.9"},
                             {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "A54.9"}]}}})
     record = by_type(run(doc))["medication.administered"]
@@ -594,17 +595,27 @@ def test_payer_class_from_plan_site_row() -> None:
 
 def test_primary_coverage_selection() -> None:
     sopt = {"coding": [{"system": "https://nahdo.org/sopt", "code": "1"}]}
+
+    def with_medicare(**changes) -> dict:
+        medicare = _coverage("cov-mc", type=sopt, **changes)
+        if "order" not in changes:
+            del medicare["order"]
+        doc = encounter_bundle(medicare)
+        entry(doc, "Coverage", "cov-P100-1")["resource"]["order"] = 2  # commercial second
+        return doc
+
     # order 1 wins over order 2 regardless of entry order
-    doc = encounter_bundle(_coverage("cov-mc", order=2, type=sopt))
-    assert encounter_record(doc)["payer_class"] == "commercial"
+    assert encounter_record(with_medicare(order=1))["payer_class"] == "medicare"
+    assert encounter_record(with_medicare(order=3))["payer_class"] == "commercial"
+    # an absent order sorts last
+    assert encounter_record(with_medicare())["payer_class"] == "commercial"
     # an inactive, another patient's or an expired coverage is not primary
     for bad in ({"status": "cancelled"}, {"beneficiary": {"reference": "Patient/P200"}},
-                {"period": {"start": "2024-01-01", "end": "2025-03-13"}}):
-        doc = encounter_bundle(_coverage("cov-mc", order=0, type=sopt, **bad))
-        assert encounter_record(doc)["payer_class"] == "commercial", bad
+                {"period": {"start": "2024-01-01", "end": "2025-03-13"}},
+                {"period": {"start": "2025-03-15"}}):
+        assert encounter_record(with_medicare(order=1, **bad))["payer_class"] == "commercial", bad
     # a coverage whose period ends on the service date still covers it
-    doc = encounter_bundle(_coverage("cov-mc", order=0, type=sopt,
-                                     period={"start": "2024-01-01", "end": "2025-03-14"}))
+    doc = with_medicare(order=1, period={"start": "2024-01-01", "end": "2025-03-14"})
     assert encounter_record(doc)["payer_class"] == "medicare"
 
 
