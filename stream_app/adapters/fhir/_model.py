@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-import jcs
+import orjson
+from jcs.ntoj import convert2Es6Format
 
 from stream_app.vocabulary import FHIR_INVALID
 
@@ -177,8 +178,36 @@ def version_ref(rtype: str, resource: dict, local_id: str) -> str:
         if type(vid) is str and vid.strip():
             return f"{rtype}/{local_id}/_history/{vid.strip()}"
     body = {k: v for k, v in resource.items() if k not in ("meta", "text")}
-    digest = hashlib.sha256(jcs.canonicalize(body)).hexdigest()[:16]
+    digest = hashlib.sha256(canonical_json(body)).hexdigest()[:16]
     return f"{rtype}/{local_id}/_sha256/{digest}"
+
+
+_EXACT_INT = 2**53
+
+
+def _utf16(key: str) -> bytes:
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _canonical(value: object) -> object:
+    kind = type(value)
+    if kind is dict:
+        keys = sorted(value) if all(k.isascii() for k in value) else sorted(value, key=_utf16)
+        return {k: _canonical(value[k]) for k in keys}
+    if kind is list:
+        return [_canonical(v) for v in value]
+    if kind is float or (kind is int and abs(value) > _EXACT_INT):  # type: ignore[arg-type]
+        # JSON numbers are IEEE 754 doubles in RFC 8785: a larger integer is its double
+        return orjson.Fragment(convert2Es6Format(value))
+    return value
+
+
+def canonical_json(value: object) -> bytes:
+    """RFC 8785 (JCS) bytes of parsed JSON: members sorted by UTF-16 code units, numbers in
+    the ES6 form (the `jcs` reference formatter), strings as orjson escapes them, which is
+    JCS's escaping. orjson does the writing: `jcs.canonicalize` gives the same bytes (tested)
+    at many times the cost."""
+    return orjson.dumps(_canonical(value))
 
 
 # ------------------------------------------------------------------------- references

@@ -278,10 +278,8 @@ def record_identity(d: Draft, ctx: UnitContext, *, procedure: bool = False) -> N
         d.fields["recorded_at"] = last.text
 
 
-def event_id(d: Draft, ctx: UnitContext) -> str:
-    """§3.2 | event_id: this version, then `+` each other resource copied in, sorted."""
-    local = string(d.resource.get("id"), f"{d.path}.id") or d.fields["record_id"]
-    own = version_ref(d.rtype, d.resource, local)
+def event_id(d: Draft, ctx: UnitContext, own: str) -> str:
+    """§3.2 | event_id: this version (`own`), then `+` each other resource copied in, sorted."""
     return _prefixed(ctx, own + "".join(f"+{ref}" for ref in sorted(d.copied - {own})))
 
 
@@ -1241,9 +1239,9 @@ def map_resource(rtype: str, resource: dict, path: str, ctx: UnitContext,
     d.fields["patient_id"] = patient_id(d, ctx, "subject" if rtype != "Immunization" else "patient")
     mapper(d, ctx, full_url)
     d.fields["event_type"] = event_type
-    d.fields["event_id"] = event_id(d, ctx)
-    record = {k: d.fields[k] for k in FIELD_ORDER if k in d.fields}
     local = string(resource.get("id"), f"{path}.id") or d.fields["record_id"]
-    record["source"] = {"format": "fhir", "ref": version_ref(rtype, resource, local),
-                        "warnings": d.warnings}
+    own = version_ref(rtype, resource, local)
+    d.fields["event_id"] = event_id(d, ctx, own)
+    record = {k: d.fields[k] for k in FIELD_ORDER if k in d.fields}
+    record["source"] = {"format": "fhir", "ref": own, "warnings": d.warnings}
     return record

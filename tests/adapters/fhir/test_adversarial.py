@@ -192,3 +192,14 @@ def test_subject_not_a_patient_is_unresolved() -> None:
     dead = adapt(orjson.dumps(disp), PACKAGED).dead_letters
     assert [(d.error_code, d.field) for d in dead] == [
         ("FHIR_REFERENCE_UNRESOLVED", "MedicationDispense.subject")]
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_value)
+def test_canonical_json_is_rfc8785(value: object) -> None:
+    """The fast canonical form of event ids equals the `jcs` reference implementation's."""
+    import jcs
+
+    from stream_app.adapters.fhir._model import canonical_json
+
+    assert canonical_json(value) == jcs.canonicalize(value)
