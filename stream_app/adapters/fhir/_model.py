@@ -225,12 +225,16 @@ def literal_type_id(reference: str) -> tuple[str, str] | None:
 
 @dataclass(slots=True)
 class Found:
-    """A resolved reference: the resource and whether it is contained in its holder."""
+    """A resolved reference: the resource, its FHIR path in the unit, and where its own
+    `#id` references point (its container when it is contained, else itself)."""
 
     resource: dict
     rtype: str
     rid: str | None
     contained: bool
+    path: str
+    holder: dict
+    holder_path: str
 
 
 @dataclass(slots=True)
@@ -241,10 +245,12 @@ class Scope:
     by_full_url: dict[str, dict] = field(default_factory=dict)
     by_url_suffix: dict[tuple[str, str], dict] = field(default_factory=dict)
     by_type_id: dict[tuple[str, str], dict] = field(default_factory=dict)
+    paths: dict[int, str] = field(default_factory=dict)   # id(resource) -> its FHIR path
     external: Mapping[tuple[str, str], dict] | None = None
 
-    def add(self, resource: dict, full_url: str | None) -> None:
+    def add(self, resource: dict, full_url: str | None, path: str) -> None:
         rtype, rid = resource.get("resourceType"), resource.get("id")
+        self.paths[id(resource)] = path
         if full_url:
             self.by_full_url.setdefault(full_url, resource)
             lit = literal_type_id(full_url)
@@ -253,19 +259,19 @@ class Scope:
         if type(rtype) is str and type(rid) is str:
             self.by_type_id.setdefault((rtype, rid), resource)
 
-    def resolve(self, ref: dict | None, path: str, holder: dict) -> Found | None:
-        """The resource `ref` (a Reference object) points to, or None. `holder` is the
-        top-level resource whose `contained` a `#id` reference points into."""
+    def resolve(self, ref: dict | None, path: str, holder: dict, holder_path: str) -> Found | None:
+        """The resource `ref` (a Reference object at `path`) points to, or None. `holder` is
+        the resource whose `contained` a `#id` reference points into, at `holder_path`."""
         if ref is None:
             return None
         text = string(ref.get("reference"), f"{path}.reference")
         if text is None:
             return None
         if text.startswith("#"):
-            for cpath, res in objects(holder.get("contained"), "contained"):
+            for cpath, res in objects(holder.get("contained"), f"{holder_path}.contained"):
                 if res.get("id") == text[1:]:
                     rtype = string(res.get("resourceType"), f"{cpath}.resourceType")
-                    return Found(res, rtype or "", text[1:], True)
+                    return Found(res, rtype or "", text[1:], True, cpath, holder, holder_path)
             return None
         found = None
         if text.startswith("urn:") or "://" in text:
@@ -277,18 +283,27 @@ class Scope:
         if found is None:
             return None
         rtype = found.get("resourceType")
+        rtype = rtype if type(rtype) is str else ""
         rid = found.get("id")
-        return Found(found, rtype if type(rtype) is str else "",
-                     rid if type(rid) is str else None, False)
+        fpath = self.paths.get(id(found), rtype)  # an export's resource: its type names it
+        return Found(found, rtype, rid if type(rid) is str else None, False, fpath, found, fpath)
+
+    def found(self, resource: dict) -> Found:
+        """A unit resource met without a reference (e.g. a Coverage entry)."""
+        rtype = resource.get("resourceType")
+        rtype = rtype if type(rtype) is str else ""
+        rid = resource.get("id")
+        fpath = self.paths.get(id(resource), rtype)
+        return Found(resource, rtype, rid if type(rid) is str else None, False, fpath, resource, fpath)
 
 
-def reference_id(ref: dict | None, path: str, scope: Scope, holder: dict,
+def reference_id(ref: dict | None, path: str, scope: Scope, holder: dict, holder_path: str,
                  rtype: str) -> tuple[str | None, Found | None]:
     """(id, resolved) of a reference expected to point to a `rtype`: the literal id when
     the reference says `rtype/id`, else the resolved resource's id when it is a `rtype`."""
     if ref is None:
         return None, None
-    found = scope.resolve(ref, path, holder)
+    found = scope.resolve(ref, path, holder, holder_path)
     text = string(ref.get("reference"), f"{path}.reference")
     if text is not None and not text.startswith(("#", "urn:")):
         lit = literal_type_id(text)

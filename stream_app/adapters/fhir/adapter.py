@@ -94,7 +94,7 @@ def _adapt(raw: bytes, site: SiteConfig, default_tz: str, bulk: BulkIndex | None
     scope = Scope(external=bulk.resources if bulk is not None else None)
     ctx = M.UnitContext(site=site, default_tz=default_tz, scope=scope, entries=[], bulk=bulk)
     if rtype != "Bundle":
-        scope.add(doc, None)
+        scope.add(doc, None, rtype)
         ctx.entries.append((rtype, doc))
         return _single(doc, rtype, raw, ctx, reached)
     return _bundle(doc, raw, ctx, site, reached)
@@ -169,7 +169,7 @@ def _bundle(doc: dict, raw: bytes, ctx: M.UnitContext, site: SiteConfig,
             continue  # notification status, not data
         if rtype == "OperationOutcome" and _search_mode(entry) == "outcome":
             continue  # search messages, not data
-        ctx.scope.add(resource, full_url)
+        ctx.scope.add(resource, full_url, rpath)
         ctx.entries.append((rpath, resource))
         response = entry.get("response")
         if type(response) is dict and type(response.get("lastModified")) is str:

@@ -293,7 +293,7 @@ def patient_id(d: Draft, ctx: UnitContext, element: str = "subject") -> str:
     setting `patient_identifier_system`, that system's identifier value."""
     path = f"{d.path}.{element}"
     ref = obj(d.resource.get(element), path)
-    pid, found = reference_id(ref, path, ctx.scope, d.resource, "Patient")
+    pid, found = reference_id(ref, path, ctx.scope, d.resource, d.path, "Patient")
     system = ctx.setting("patient_identifier_system")
     if system:
         candidates = []
@@ -301,7 +301,7 @@ def patient_id(d: Draft, ctx: UnitContext, element: str = "subject") -> str:
             candidates.append((obj(ref.get("identifier"), f"{path}.identifier"), f"{path}.identifier"))
         if found is not None and found.rtype == "Patient":
             candidates += [(i, ip) for ip, i in objects(found.resource.get("identifier"),
-                                                        "Patient.identifier")]
+                                                        f"{found.path}.identifier")]
         for ident, ipath in candidates:
             if ident is not None and string(ident.get("system"), f"{ipath}.system") == system:
                 value = string(ident.get("value"), f"{ipath}.value")
@@ -318,7 +318,7 @@ def encounter_id(d: Draft, ctx: UnitContext, element: str) -> None:
     """§3.2 | encounter_id: `context` / `encounter` -> Encounter id; EpisodeOfCare -> absent."""
     path = f"{d.path}.{element}"
     eid, _ = reference_id(obj(d.resource.get(element), path), path, ctx.scope, d.resource,
-                          "Encounter")
+                          d.path, "Encounter")
     if eid is not None:
         d.fields["encounter_id"] = _prefixed(ctx, eid)
     elif d.resource.get(element) is not None:
@@ -340,18 +340,17 @@ def npi_of(ctx: UnitContext, d: Draft, actor: dict | None, path: str) -> str | N
         value = string(ident.get("value"), f"{path}.identifier.value")
         if value:
             return value
-    found = ctx.scope.resolve(actor, path, d.resource)
+    found = ctx.scope.resolve(actor, path, d.resource, d.path)
     if found is not None and found.rtype == "PractitionerRole":
         role = found
-        # a contained role's `#id` points into the same container as the role itself
-        holder = d.resource if role.contained else role.resource
-        found = ctx.scope.resolve(obj(role.resource.get("practitioner"), "PractitionerRole.practitioner"),
-                                  "PractitionerRole.practitioner", holder)
+        rpath = f"{role.path}.practitioner"
+        found = ctx.scope.resolve(obj(role.resource.get("practitioner"), rpath), rpath,
+                                  role.holder, role.holder_path)
         if found is not None:
             d.copy_from(role)
     if found is None or found.rtype != "Practitioner":
         return None
-    for ipath, ident in objects(found.resource.get("identifier"), "Practitioner.identifier"):
+    for ipath, ident in objects(found.resource.get("identifier"), f"{found.path}.identifier"):
         if string(ident.get("system"), f"{ipath}.system") == SYS_NPI:
             value = string(ident.get("value"), f"{ipath}.value")
             if value:
@@ -381,11 +380,12 @@ def diagnosis_codes(d: Draft, ctx: UnitContext, reason_code: str, reason_ref: st
     codes = icd10cm_codes(objects(r.get(reason_code), f"{p}.{reason_code}"))
     if reason_ref is not None:
         for rpath, ref in objects(r.get(reason_ref), f"{p}.{reason_ref}"):
-            found = ctx.scope.resolve(ref, rpath, r)
+            found = ctx.scope.resolve(ref, rpath, r, p)
             if found is None:
                 d.warnings.append(f"reference_unresolved:{reason_ref}")
             elif found.rtype == "Condition":
-                got = icd10cm_codes([("Condition.code", obj(found.resource.get("code"), "Condition.code"))])
+                cpath = f"{found.path}.code"
+                got = icd10cm_codes([(cpath, obj(found.resource.get("code"), cpath))])
                 if got:
                     d.copy_from(found)
                 codes += got
@@ -426,10 +426,10 @@ def medication_of(d: Draft, ctx: UnitContext) -> Medication:
     if concept is not None:
         return Medication(concept, f"{p}.medicationCodeableConcept", None, "", None)
     ref = obj(r.get("medicationReference"), f"{p}.medicationReference")
-    found = ctx.scope.resolve(ref, f"{p}.medicationReference", r)
+    found = ctx.scope.resolve(ref, f"{p}.medicationReference", r, p)
     if found is not None and found.rtype == "Medication":
         d.copy_from(found)
-        mpath = f"{p}.contained" if found.contained else "Medication"
+        mpath = found.path
         return Medication(obj(found.resource.get("code"), f"{mpath}.code"), f"{mpath}.code",
                           found.resource, mpath, None)
     name = None
@@ -585,12 +585,13 @@ def lot_number(d: Draft, ctx: UnitContext, med: Medication) -> str | None:
     return None
 
 
-def credential_of(d: Draft, ctx: UnitContext, practitioner: dict, on: date | None) -> str | None:
+def credential_of(d: Draft, ctx: UnitContext, practitioner: Found, on: date | None) -> str | None:
     """§3.4 | performer_credential: the Practitioner's `qualification.code` (v2-0360, any
     version, or text) via the credential map; unknown codes upper-cased; a dropped code (v2-0360
     MA, Master of Arts) -> absent + warning."""
     texts = []
-    for qpath, qual in objects(practitioner.get("qualification"), "Practitioner.qualification"):
+    for qpath, qual in objects(practitioner.resource.get("qualification"),
+                               f"{practitioner.path}.qualification"):
         concept = obj(qual.get("code"), f"{qpath}.code")
         for system, code, _ in codings(concept, f"{qpath}.code"):
             if code and system and system.startswith(SYS_V2_0360):
@@ -625,19 +626,20 @@ def performer(d: Draft, ctx: UnitContext, on: date | None, *, function_system: s
             continue
         ident = obj(actor.get("identifier"), f"{ppath}.actor.identifier")
         pid = string(ident.get("value"), f"{ppath}.actor.identifier.value") if ident else None
-        found = ctx.scope.resolve(actor, f"{ppath}.actor", r)
+        found = ctx.scope.resolve(actor, f"{ppath}.actor", r, p)
         if found is not None and found.rtype == "PractitionerRole":
-            role_ref = obj(found.resource.get("practitioner"), "PractitionerRole.practitioner")
-            inner = ctx.scope.resolve(role_ref, "PractitionerRole.practitioner", r)
+            rpath = f"{found.path}.practitioner"
+            inner = ctx.scope.resolve(obj(found.resource.get("practitioner"), rpath), rpath,
+                                      found.holder, found.holder_path)
             d.copy_from(found)
             found = inner
-        practitioner = found.resource if found is not None and found.rtype == "Practitioner" else None
+        practitioner = found if found is not None and found.rtype == "Practitioner" else None
         if pid is None and practitioner is not None:
-            idents = objects(practitioner.get("identifier"), "Practitioner.identifier")
+            idents = objects(practitioner.resource.get("identifier"), f"{practitioner.path}.identifier")
             npis = [string(i.get("value"), f"{ip}.value") for ip, i in idents
                     if string(i.get("system"), f"{ip}.system") == SYS_NPI]
             firsts = [string(i.get("value"), f"{ip}.value") for ip, i in idents]
-            pid = next((v for v in npis + firsts if v), None) or (found.rid if found else None)
+            pid = next((v for v in npis + firsts if v), None) or practitioner.rid
         if pid is None:
             text = string(actor.get("reference"), f"{ppath}.actor.reference")
             lit = literal_type_id(text) if text else None
@@ -647,7 +649,7 @@ def performer(d: Draft, ctx: UnitContext, on: date | None, *, function_system: s
         if pid:
             d.fields["performer_id"] = pid
         if practitioner is not None:
-            d.copy_from(found)
+            d.copy_from(practitioner)
             cred = credential_of(d, ctx, practitioner, on)
             if cred:
                 d.fields["performer_credential"] = cred
@@ -670,7 +672,7 @@ def order_id(d: Draft, ctx: UnitContext, ref: dict | None, path: str) -> None:
     """§3.4 | order_id: MedicationRequest id, else `request.identifier.value`."""
     if ref is None:
         return
-    oid, _ = reference_id(ref, path, ctx.scope, d.resource, "MedicationRequest")
+    oid, _ = reference_id(ref, path, ctx.scope, d.resource, d.path, "MedicationRequest")
     if oid is None:
         ident = obj(ref.get("identifier"), f"{path}.identifier")
         oid = string(ident.get("value"), f"{path}.identifier.value") if ident else None
@@ -912,7 +914,7 @@ def em_code(concept: dict | None, path: str) -> str | None:
 def _administration_in_scope(ctx: UnitContext, resource: dict, path: str) -> bool:
     """Whether a ChargeItem's `service` references an administration of the unit (or export)."""
     for spath, service in objects(resource.get("service"), f"{path}.service"):
-        found = ctx.scope.resolve(service, spath, resource)
+        found = ctx.scope.resolve(service, spath, resource, path)
         if found is not None and found.rtype in ("MedicationAdministration", "Immunization"):
             return True
         text = string(service.get("reference"), f"{spath}.reference")
@@ -1008,7 +1010,7 @@ def map_encounter(d: Draft, ctx: UnitContext, full_url: str | None) -> None:
     tz = read_tz(d, period.get("_start"), f"{p}.period._start")
     location_ids, location_found = _locations(d, ctx)
     service_provider, _ = reference_id(obj(r.get("serviceProvider"), f"{p}.serviceProvider"),
-                                       f"{p}.serviceProvider", ctx.scope, r, "Organization")
+                                       f"{p}.serviceProvider", ctx.scope, r, p, "Organization")
     # §3.7 | facility_timezone: tz-code, else the site table by Location id, serviceProvider id,
     # source default (on the date written in period.start)
     raw_start = string(period.get("start"), f"{p}.period.start") or ""
@@ -1060,7 +1062,7 @@ def _locations(d: Draft, ctx: UnitContext) -> tuple[list[str], list[tuple[Found 
     found_list: list[tuple[Found | None, str | None]] = []
     for lpath, loc in objects(d.resource.get("location"), f"{d.path}.location"):
         ref = obj(loc.get("location"), f"{lpath}.location")
-        lid, found = reference_id(ref, f"{lpath}.location", ctx.scope, d.resource, "Location")
+        lid, found = reference_id(ref, f"{lpath}.location", ctx.scope, d.resource, d.path, "Location")
         if found is not None and found.rtype != "Location":
             found = None
         if lid is None and found is not None:
@@ -1080,7 +1082,7 @@ def _place_of_service(d: Draft, ctx: UnitContext, locations: list[tuple[Found | 
     for found, _ in locations:
         if found is None:
             continue
-        for tpath, concept in objects(found.resource.get("type"), "Location.type"):
+        for tpath, concept in objects(found.resource.get("type"), f"{found.path}.type"):
             for system, code, _ in codings(concept, tpath):
                 if system == SYS_POS and code and re.fullmatch(r"\d{2}", code):
                     d.copy_from(found)
@@ -1092,7 +1094,7 @@ def _place_of_service(d: Draft, ctx: UnitContext, locations: list[tuple[Found | 
     for found, _ in locations:
         if found is None:
             continue
-        for ipath, ident in objects(found.resource.get("identifier"), "Location.identifier"):
+        for ipath, ident in objects(found.resource.get("identifier"), f"{found.path}.identifier"):
             value = string(ident.get("value"), f"{ipath}.value")
             pos = ctx.site.place_of_service(SOURCE, "fhir_location_identifier", value, on) if value else None
             if pos:
@@ -1112,14 +1114,14 @@ def _coverages(d: Draft, ctx: UnitContext) -> list[tuple[tuple, Found]]:
     out: list[tuple[tuple, Found]] = []
     seen: set[int] = set()
     for apath, aref in objects(r.get("account"), f"{p}.account"):
-        account = ctx.scope.resolve(aref, apath, r)
+        account = ctx.scope.resolve(aref, apath, r, p)
         if account is None or account.rtype != "Account":
             continue
         d.copy_from(account)
-        for cpath, cov in objects(account.resource.get("coverage"), "Account.coverage"):
+        for cpath, cov in objects(account.resource.get("coverage"), f"{account.path}.coverage"):
             priority = number(cov.get("priority"), f"{cpath}.priority")
             found = ctx.scope.resolve(obj(cov.get("coverage"), f"{cpath}.coverage"), f"{cpath}.coverage",
-                                      account.resource)
+                                      account.holder, account.holder_path)
             if found is not None and found.rtype == "Coverage" and id(found.resource) not in seen:
                 seen.add(id(found.resource))
                 out.append(((0, priority if priority is not None else float("inf")), found))
@@ -1133,8 +1135,7 @@ def _coverages(d: Draft, ctx: UnitContext) -> list[tuple[tuple, Found]]:
         if id(res) in seen:
             continue
         seen.add(id(res))
-        rid = res.get("id") if type(res.get("id")) is str else None
-        out.append(((1, 0), Found(res, "Coverage", rid, False)))
+        out.append(((1, 0), ctx.scope.found(res)))
     return out
 
 
@@ -1145,7 +1146,7 @@ def _payer_class(d: Draft, ctx: UnitContext, start: Instant, on: date | None) ->
     patient = d.fields.get("patient_id")
     usable: list[tuple[tuple, Found]] = []
     for key, found in _coverages(d, ctx):
-        cov, cpath = found.resource, "Coverage"
+        cov, cpath = found.resource, found.path
         if string(cov.get("status"), f"{cpath}.status") != "active":
             continue
         try:
@@ -1172,9 +1173,9 @@ def _payer_class(d: Draft, ctx: UnitContext, start: Instant, on: date | None) ->
         return None
     usable.sort(key=lambda t: t[0])
     primary = usable[0][1]
-    cov = primary.resource
+    cov, cpath = primary.resource, primary.path
     d.copy_from(primary)
-    coded = codings(obj(cov.get("type"), "Coverage.type"), "Coverage.type")
+    coded = codings(obj(cov.get("type"), f"{cpath}.type"), f"{cpath}.type")
     for system, code, _ in coded:
         if system and code:
             pc = ctx.site.payer_class(SOURCE, "fhir_coverage_type", f"{system}|{code}", on)
@@ -1185,19 +1186,19 @@ def _payer_class(d: Draft, ctx: UnitContext, start: Instant, on: date | None) ->
             pc = ctx.site.payer_class(SOURCE, "sopt_prefix", code, on)
             if pc:
                 return pc
-    for cpath, klass in objects(cov.get("class"), "Coverage.class"):
-        if has_coding(obj(klass.get("type"), f"{cpath}.type"), f"{cpath}.type", SYS_COVERAGE_CLASS, "plan"):
-            value = string(klass.get("value"), f"{cpath}.value")
+    for kpath, klass in objects(cov.get("class"), f"{cpath}.class"):
+        if has_coding(obj(klass.get("type"), f"{kpath}.type"), f"{kpath}.type", SYS_COVERAGE_CLASS, "plan"):
+            value = string(klass.get("value"), f"{kpath}.value")
             pc = ctx.site.payer_class(SOURCE, "fhir_plan", value, on) if value else None
             if pc:
                 return pc
-    for ppath, payor in objects(cov.get("payor"), "Coverage.payor"):
+    for ppath, payor in objects(cov.get("payor"), f"{cpath}.payor"):
         ident = obj(payor.get("identifier"), f"{ppath}.identifier")
         value = string(ident.get("value"), f"{ppath}.identifier.value") if ident else None
         if value is None:
-            found = ctx.scope.resolve(payor, ppath, cov)
+            found = ctx.scope.resolve(payor, ppath, primary.holder, primary.holder_path)
             if found is not None:
-                for ipath, i in objects(found.resource.get("identifier"), f"{found.rtype}.identifier"):
+                for ipath, i in objects(found.resource.get("identifier"), f"{found.path}.identifier"):
                     value = string(i.get("value"), f"{ipath}.value")
                     if value:
                         break

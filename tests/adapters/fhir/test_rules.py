@@ -8,6 +8,7 @@ import copy
 import orjson
 import pytest
 
+from stream_app.adapters.fhir import adapt
 from stream_app.adapters.site import SiteConfig
 
 from .helpers import PACKAGED, by_type, entry, office_visit, one_record, run
@@ -644,3 +645,14 @@ def test_encounter_without_start_is_invalid_and_npi_falls_back_to_pprf() -> None
 def test_context_resource_alone_is_unsupported(rtype: str) -> None:
     dead = run({"resourceType": rtype, "id": "x"}).dead_letters
     assert [(d.error_code, d.field) for d in dead] == [("FHIR_UNSUPPORTED_RESOURCE", "resourceType")]
+
+
+def test_wrong_type_in_a_contained_or_referenced_resource_names_its_full_path() -> None:
+    doc = office_visit()
+    m = entry(doc, "MedicationAdministration", "mar-1")["resource"]
+    m["contained"][1]["qualification"][0]["code"]["coding"] = "RN"
+    entry(doc, "Location", "LOC-FM")["resource"]["type"] = {"coding": []}
+    dead = adapt(orjson.dumps(doc), PACKAGED).dead_letters  # not FHIR: run() would refuse it
+    assert [(d.error_code, d.field) for d in dead] == [
+        ("FHIR_INVALID", "Bundle.entry[0].resource.type"),
+        ("FHIR_INVALID", "Bundle.entry[5].resource.contained[1].qualification[0].code.coding")]
