@@ -271,7 +271,8 @@ def record_identity(d: Draft, ctx: UnitContext, *, procedure: bool = False) -> N
     if meta is not None:
         last = read_time(d, ctx, meta.get("lastUpdated"), f"{p}.meta.lastUpdated", None)
     if last is None and id(r) in ctx.last_modified:  # history Bundle entry.response
-        last = read_time(d, ctx, ctx.last_modified[id(r)], f"{p}.response.lastModified", None)
+        entry_path = p.removesuffix(".resource")
+        last = read_time(d, ctx, ctx.last_modified[id(r)], f"{entry_path}.response.lastModified", None)
     if last is None and d.rtype == "ChargeItem":     # §3.6 | recorded_at: else enteredDate
         last = read_time(d, ctx, r.get("enteredDate"), f"{p}.enteredDate", None)
     if last is not None:
@@ -565,11 +566,25 @@ def drug_attributes(d: Draft, ctx: UnitContext, drug: dict, med: Medication, cod
         value, system, code = quantity(obj(ext.get("valueQuantity"), f"{epath}.valueQuantity"),
                                        f"{epath}.valueQuantity")
         hit = ctx.site.code("dose_unit", system, code, on) if code else None
-        if value is None or value < 0 or hit is None or hit[0] != drug.get("dose_unit"):
+        ratio = _unit_ratio(hit[0], drug.get("dose_unit")) if hit and hit[0] else None
+        if value is None or value < 0 or ratio is None:
             d.warnings.append("wasted_amount_unconverted")
         else:  # waste in the dose's unit
-            drug["wasted_amount"] = _scaled(value, hit[1])
+            drug["wasted_amount"] = _scaled(value, hit[1] * ratio)
         break
+
+
+# Contract dose units by dimension, in the dimension's smallest unit: only these convert.
+_UNIT_SIZE = {"mcg": ("mass", 1), "mg": ("mass", 1_000), "g": ("mass", 1_000_000),
+              "mL": ("volume", 1), "units": ("units", 1)}
+
+
+def _unit_ratio(unit: str, into: str | None) -> float | None:
+    """How many `into` one `unit` is (mg -> g: 0.001); None across dimensions."""
+    a, b = _UNIT_SIZE.get(unit), _UNIT_SIZE.get(into or "")
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    return a[1] / b[1]
 
 
 def lot_number(d: Draft, ctx: UnitContext, med: Medication) -> str | None:
@@ -1244,5 +1259,6 @@ def map_resource(rtype: str, resource: dict, path: str, ctx: UnitContext,
     own = version_ref(rtype, resource, local)
     d.fields["event_id"] = event_id(d, ctx, own)
     record = {k: d.fields[k] for k in FIELD_ORDER if k in d.fields}
+    record.update((k, v) for k, v in d.fields.items() if k not in record)
     record["source"] = {"format": "fhir", "ref": own, "warnings": d.warnings}
     return record

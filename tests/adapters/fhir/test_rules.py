@@ -368,9 +368,11 @@ def test_dose_unit_factor_and_unmapped() -> None:
     assert "dose_unit_unmapped:mg/kg" in record["source"]["warnings"]
 
 
-def test_waste_in_another_unit_is_absent_with_warning() -> None:
+def test_waste_is_converted_into_the_dose_unit_else_absent_with_warning() -> None:
     m = mar()
     m["extension"][1]["valueQuantity"] = {"value": 0.5, "system": "http://unitsofmeasure.org", "code": "g"}
+    assert one_record(m)["drug"]["wasted_amount"] == 500  # the dose is in mg
+    m["extension"][1]["valueQuantity"] = {"value": 2, "system": "http://unitsofmeasure.org", "code": "mL"}
     record = one_record(m)
     assert "wasted_amount" not in record["drug"]
     assert "wasted_amount_unconverted" in record["source"]["warnings"]
