@@ -21,6 +21,15 @@ CODES = set(ADAPTER_DEAD_LETTER_CODES) | set(DEAD_LETTER_CODES)
 HARD = ("event_type", "event_id", "record_id", "patient_id", "occurred_at")
 SMALL_BUNDLES = PACKAGED.merged(SiteConfig.from_rows(adapter_settings=[
     {"source": "fhir", "setting": "fhir_max_entries", "value": "12"}]))
+# Every setting on, so the property tests go through their branches too.
+ALL_SETTINGS = PACKAGED.merged(SiteConfig.from_rows(adapter_settings=[
+    {"source": "fhir", "setting": name, "value": value} for name, value in (
+        ("source_id", "ehr-a"), ("patient_identifier_system", "urn:mrn"),
+        ("modifier_extension_urls", "https://ehr.example.org/mod urn:mod"),
+        ("em_separately_identifiable_source", "modifier_25"), ("fhir_max_entries", "50"))],
+    facility_timezone=[{"source": "fhir", "facility_key": "*", "timezone": "America/Chicago"}],
+    location_pos=[{"source": "fhir", "key_type": "fhir_encounter_class", "key": "AMB",
+                   "place_of_service": "11"}]))
 
 
 def check(result: Adapted) -> None:
@@ -108,9 +117,9 @@ def test_wrong_types_in_resource_shapes(doc: dict) -> None:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated_office_visit())
-def test_mutated_worked_example(doc: dict) -> None:
-    check(adapt(orjson.dumps(doc), PACKAGED))
+@given(mutated_office_visit(), st.booleans())
+def test_mutated_worked_example(doc: dict, all_settings: bool) -> None:
+    check(adapt(orjson.dumps(doc), ALL_SETTINGS if all_settings else PACKAGED))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
