@@ -247,6 +247,19 @@ class Scope:
     by_type_id: dict[tuple[str, str], dict] = field(default_factory=dict)
     paths: dict[int, str] = field(default_factory=dict)   # id(resource) -> its FHIR path
     external: Mapping[tuple[str, str], dict] | None = None
+    # id(holder) -> contained id -> (path, resource): each `contained` list read once
+    _contained: dict[int, dict[str, tuple[str, dict]]] = field(default_factory=dict)
+
+    def contained(self, holder: dict, holder_path: str) -> dict[str, tuple[str, dict]]:
+        index = self._contained.get(id(holder))
+        if index is None:
+            index = {}
+            for cpath, res in objects(holder.get("contained"), f"{holder_path}.contained"):
+                rid = res.get("id")
+                if type(rid) is str:
+                    index.setdefault(rid, (cpath, res))
+            self._contained[id(holder)] = index
+        return index
 
     def add(self, resource: dict, full_url: str | None, path: str) -> None:
         rtype, rid = resource.get("resourceType"), resource.get("id")
@@ -268,11 +281,12 @@ class Scope:
         if text is None:
             return None
         if text.startswith("#"):
-            for cpath, res in objects(holder.get("contained"), f"{holder_path}.contained"):
-                if res.get("id") == text[1:]:
-                    rtype = string(res.get("resourceType"), f"{cpath}.resourceType")
-                    return Found(res, rtype or "", text[1:], True, cpath, holder, holder_path)
-            return None
+            hit = self.contained(holder, holder_path).get(text[1:])
+            if hit is None:
+                return None
+            cpath, res = hit
+            rtype = string(res.get("resourceType"), f"{cpath}.resourceType")
+            return Found(res, rtype or "", text[1:], True, cpath, holder, holder_path)
         found = None
         if text.startswith("urn:") or "://" in text:
             found = self.by_full_url.get(text)

@@ -194,9 +194,42 @@ class UnitContext:
     entries: list[tuple[str, dict]]                     # (path, resource) of the unit
     last_modified: dict[int, str] = field(default_factory=dict)  # id(resource) -> response.lastModified
     bulk: BulkIndex | None = None
+    # Built on first use, so a Bundle of n administrations costs O(n), not O(n^2).
+    _by_type: dict[str, list[tuple[str, dict]]] | None = None
+    _charges_by_target: dict[object, list[tuple[str, dict]]] | None = None
+
+    def of_type(self, rtype: str) -> list[tuple[str, dict]]:
+        """The unit's entries of one resource type, in entry order."""
+        if self._by_type is None:
+            self._by_type = {}
+            for path, res in self.entries:
+                self._by_type.setdefault(res.get("resourceType"), []).append((path, res))
+        return self._by_type.get(rtype, [])
+
+    def charges_referring_to(self, target: object) -> list[tuple[str, dict]]:
+        """ChargeItems of the unit whose `service` names `target`: a literal (type, id) or a
+        fullUrl string."""
+        if self._charges_by_target is None:
+            self._charges_by_target = {}
+            for path, ci in self.of_type("ChargeItem"):
+                for spath, service in objects(ci.get("service"), f"{path}.service"):
+                    text = string(service.get("reference"), f"{spath}.reference")
+                    if not text:
+                        continue
+                    keys = {text, literal_type_id(text)} - {None}
+                    for key in keys:
+                        bucket = self._charges_by_target.setdefault(key, [])
+                        if not bucket or bucket[-1][1] is not ci:
+                            bucket.append((path, ci))
+        return self._charges_by_target.get(target, [])
+
+    _settings: dict[tuple[str, date | None], str | None] = field(default_factory=dict)
 
     def setting(self, name: str, on: date | None = None) -> str | None:
-        return self.site.setting(SOURCE, name, on)
+        key = (name, on)
+        if key not in self._settings:
+            self._settings[key] = self.site.setting(SOURCE, name, on)
+        return self._settings[key]
 
     def ext(self, name: str) -> str:
         return (self.setting("extension_base") or DEFAULT_EXTENSION_BASE) + name
@@ -710,34 +743,22 @@ def charge_modifiers(ctx: UnitContext, resource: dict, path: str) -> list[str]:
     return out
 
 
-def _refers_to(ref_text: str | None, rtype: str, rid: str, full_url: str | None) -> bool:
-    if not ref_text:
-        return False
-    if full_url and ref_text == full_url:
-        return True
-    lit = literal_type_id(ref_text)
-    return lit == (rtype, rid)
-
-
 def linked_charge_items(ctx: UnitContext, rtype: str, rid: str | None, full_url: str | None
                         ) -> list[tuple[str, dict]]:
     """ChargeItems of the unit (Bulk Data: of the export) whose `service` references it."""
-    if rid is None and full_url is None:
-        return []
-    out = []
-    pool = list(ctx.entries)
+    found: list[tuple[str, dict]] = []
+    if rid is not None:
+        found += ctx.charges_referring_to((rtype, rid))
+    if full_url is not None:
+        found += ctx.charges_referring_to(full_url)
     if ctx.bulk is not None and rid is not None:
-        pool += [("ChargeItem", ci) for ci in ctx.bulk.charge_items_for(rtype, rid)]
+        found += [("ChargeItem", ci) for ci in ctx.bulk.charge_items_for(rtype, rid)]
     seen: set[int] = set()
-    for path, res in pool:
-        if res.get("resourceType") != "ChargeItem" or id(res) in seen:
-            continue
-        for spath, service in objects(res.get("service"), f"{path}.service"):
-            if _refers_to(string(service.get("reference"), f"{spath}.reference"), rtype,
-                          rid or "", full_url):
-                seen.add(id(res))
-                out.append((path, res))
-                break
+    out = []
+    for path, ci in found:
+        if id(ci) not in seen:
+            seen.add(id(ci))
+            out.append((path, ci))
     return out
 
 
@@ -1140,7 +1161,7 @@ def _coverages(d: Draft, ctx: UnitContext) -> list[tuple[tuple, Found]]:
             if found is not None and found.rtype == "Coverage" and id(found.resource) not in seen:
                 seen.add(id(found.resource))
                 out.append(((0, priority if priority is not None else float("inf")), found))
-    pool = [res for _, res in ctx.entries if res.get("resourceType") == "Coverage"]
+    pool = [res for _, res in ctx.of_type("Coverage")]
     if ctx.bulk is not None:
         subject = obj(r.get("subject"), f"{p}.subject") or {}
         literal = literal_type_id(string(subject.get("reference"), f"{p}.subject.reference") or "")
