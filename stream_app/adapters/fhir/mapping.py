@@ -9,6 +9,29 @@ Conventions (§1): an element that is absent, unknown-coded or unresolvable give
 absent canonical field and, where the reader should know why, a warning in
 `source.warnings`; only the hard fields (`event_id`, `record_id`, `patient_id`,
 `occurred_at`) and wrong JSON types refuse the resource (`Refusal`).
+
+Where each spec row lives:
+
+    §3.1 units, Bundle types, limits ....... BUNDLE_TYPES, MAX_DEPTH, ...; adapter.py
+    §3.2 event_id / record_id / recorded_at  record_identity, event_id
+         patient_id / encounter_id ......... patient_id, encounter_id
+         facility_timezone, times .......... read_tz, read_time
+    §3.3 status ............................ STATUS, status_of
+    §3.4 occurred_at / ended_at ............ map_medication_administration
+         route, site ....................... route_and_site
+         drug.name / ndc / hcpcs ........... medication_of, drug_name, drug_codes
+         drug.dose, dose_unit .............. dose
+         drug.lot_number ................... lot_number
+         category / container / waste ...... drug_attributes
+         performer_id / credential ......... performer, credential_of
+         rendering / supervising NPI ....... npi_by_role, npi_of
+         order_id, diagnosis_codes ......... order_id, diagnosis_codes
+         charge_code, charge_modifiers ..... charge_link, linked_charge_items
+         Immunization ...................... map_immunization
+    §3.5 MedicationDispense ................ map_medication_dispense
+    §3.6 ChargeItem / Procedure (E/M) ...... em_code, map_em_service, charge_modifiers
+    §3.7 Encounter ......................... map_encounter, _place_of_service, _payer_class
+    §3.8 code maps ......................... site_data/code_map.csv (site.py)
 """
 
 from __future__ import annotations
