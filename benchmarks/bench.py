@@ -70,10 +70,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from raw_passthrough import run_raw_passthrough  # noqa: E402
 
-from stream_app.config import INPUT_TOPICS, OUTPUT_TOPICS  # noqa: E402
 from stream_app.engine.records import DeadLetter, parse_record  # noqa: E402
 from stream_app.generate import generate_stream, produce  # noqa: E402
 from stream_app.topics import apply_topics  # noqa: E402
+from stream_app.vocabulary import INPUT_TOPICS, OUTPUT_TOPICS  # noqa: E402
 
 KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
 PHASES = ("raw", "faust", "pipeline", "replay", "latency", "memory")

@@ -52,8 +52,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from stream_app.config import EVENT_TYPE_TOPICS, add_settings_arguments, settings_from_args
+from stream_app.config import add_settings_arguments, settings_from_args
 from stream_app.engine import normalise
+from stream_app.vocabulary import EVENT_TYPE_TOPICS
 
 ADMINISTRATION = "medication.administered"
 EM_SERVICE = "em.service"
@@ -1626,7 +1627,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop producing after this long")
     o.add_argument("--summary", action="store_true",
                    help="print counts by kind to stderr (no ids)")
-    known = {a for action in parser._actions for a in action.option_strings}
+    known = {a for action in parser._actions for a in action.option_strings}  # noqa: SLF001 - argparse has no public list of flags
     if "--broker" not in known:
         add_settings_arguments(parser)
 

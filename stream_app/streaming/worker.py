@@ -94,22 +94,22 @@ def stream_options(args: argparse.Namespace | None, environ=None):
 
 def build(settings, opts):
     """Rule data, engine, metrics and the Faust streams (raises RuleDataError)."""
-    from stream_app.engine.state import PatientState
+    from stream_app.engine import PatientState
     from stream_app.metrics import Metrics
     from stream_app.runtime import build_engine
     from stream_app.streaming.app import ChargecapStreams
+    from stream_app.vocabulary import INPUT_TOPICS, repartition_topic
 
     engine = build_engine(settings)
-    input_topics = [settings.topic(t) for t in
-                    ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")]
-    metrics = Metrics(topics=input_topics + [f"{settings.app_id}-patient-records"])
+    input_topics = [settings.topic(t) for t in INPUT_TOPICS]
+    metrics = Metrics(topics=input_topics + [repartition_topic(settings.app_id)])
     return ChargecapStreams(settings, engine, PatientState, metrics, opts)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     opts = stream_options(args)
-    from stream_app.engine.ruledata import RuleDataError
+    from stream_app.engine import RuleDataError
 
     try:
         streams = build(settings, opts)
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import threading
 
-    from stream_app.streaming.app import ensure_internal_topics, output_limits
+    from stream_app.streaming.admin import ensure_internal_topics, output_limits
 
     errors: list[BaseException] = []
 
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 asyncio.run(ensure_internal_topics(settings, opts))
                 streams.set_output_limits(asyncio.run(output_limits(settings)))
                 return
-            except Exception as exc:  # noqa: BLE001 - reported below
+            except Exception as exc:  # reported below
                 if time.monotonic() + delay > deadline:
                     errors.append(exc)
                     return
@@ -197,9 +197,8 @@ def run(args: argparse.Namespace) -> int:
 # 700 net allocations and rescans the start-up heap (rule tables, Faust, modules) on
 # every full pass. Frozen start-up heap, young collections every 10,000 allocations and
 # a full one every ~1M: less worker CPU per event, while the cycles asyncio and the
-# Kafka client do make are still freed regularly (thresholds of (50,000, 20, 100), i.e.
-# almost never a full pass, measured no faster and 2,060 B per open patient-day against
-# a 2,048 B goal; docs/performance.md, "Session 6").
+# Kafka client do make are still freed regularly (higher thresholds, almost never a full
+# pass, were no faster and held more memory per open patient-day; docs/performance.md).
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
@@ -215,7 +214,7 @@ def _close(server) -> None:
         if callable(fn):
             try:
                 fn()
-            except Exception:  # noqa: BLE001
+            except Exception:  # a server that fails to close is not worth a crash
                 pass
             return
 

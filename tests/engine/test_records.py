@@ -103,7 +103,7 @@ _DELETE = object()
 def dead(result, code, field):
     assert isinstance(result, DeadLetter), result
     assert (result.error_code, result.field) == (code, field), result
-    assert result.error and result.error != _parse._INTERNAL_ERROR
+    assert result.error and result.error != _parse._INTERNAL_ERROR  # noqa: SLF001
     return result
 
 
@@ -564,7 +564,7 @@ FIELDS = sorted({(i, k) for i, base in enumerate(VALID) for k in base}
 def _check(result):
     assert isinstance(result, Administration | EMService | Dispense | DeadLetter)
     if isinstance(result, DeadLetter):
-        assert result.error != _parse._INTERNAL_ERROR, result
+        assert result.error != _parse._INTERNAL_ERROR, result  # noqa: SLF001
         assert result.error_code in (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE,
                                      INVALID_TIMESTAMP, UNKNOWN_EVENT_TYPE, TOO_LARGE,
                                      INVALID_ENCODING)
