@@ -35,6 +35,7 @@ from faust.types import TP
 
 from stream_app.config import Settings, faust_broker_url
 from stream_app.streaming import codecs
+from stream_app.streaming.admin import REPARTITION_RETENTION_S
 from stream_app.streaming.batching import (
     DEFAULT_BATCH_LIMIT,
     ack_batch,
@@ -193,7 +194,7 @@ class ChargecapStreams:
         self.input_topic = app.topic(*self.input_names, **raw)
         self.repartition = app.topic(
             self.repartition_name, partitions=opts.partitions, internal=True,
-            retention=7 * 86400.0, deleting=True, maxsize=opts.stage2_queue_bundles, **raw,
+            retention=float(REPARTITION_RETENTION_S), deleting=True, maxsize=opts.stage2_queue_bundles, **raw,
         )
         self.table = app.Table(
             "patient-state", partitions=opts.partitions, key_type=bytes, value_type=bytes,
