@@ -2,6 +2,8 @@
 
 Start-up order: settings → rule data (a malformed rule file stops here with
 `FILE:LINE:COLUMN: message` and exit status 2, before anything connects) → engine →
+library versions (other versions of faust-streaming, aiokafka or rocksdict than the seam
+was checked against stop here, exit status 2, streaming/seam) →
 metrics server (`/metrics`, `/healthz` on CHARGECAP_METRICS_ADDR, 127.0.0.1 by default;
 `/healthz` answers 503 until partitions are assigned and table recovery is done) → Faust
 worker. SIGTERM / SIGINT stop it cleanly (in-flight batch finished, offsets committed).
@@ -110,11 +112,15 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     opts = stream_options(args)
     from stream_app.engine import RuleDataError
+    from stream_app.streaming.seam import SeamError
 
     try:
         streams = build(settings, opts)
     except RuleDataError as exc:
         print(f"chargecap worker: invalid rule data: {exc}", file=sys.stderr)
+        return 2
+    except SeamError as exc:  # library versions the worker was not checked against
+        print(f"chargecap worker: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"chargecap worker: cannot load rule data: {exc}", file=sys.stderr)

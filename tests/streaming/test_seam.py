@@ -109,6 +109,24 @@ def test_the_worker_app_refuses_unchecked_versions(monkeypatch, tmp_path):
                                   data_dir=tmp_path), StreamOptions())
 
 
+def test_the_worker_command_refuses_unchecked_versions_with_a_clear_message(
+        monkeypatch, tmp_path, capsys):
+    import argparse
+
+    from stream_app.streaming import seam, worker
+
+    monkeypatch.setattr(seam.patch, "installed_versions",
+                        lambda names=None: {**CHECKED_VERSIONS, "aiokafka": "0.15.0"})
+    parser = argparse.ArgumentParser()
+    worker.add_arguments(parser)
+    args = parser.parse_args(["--broker", "kafka://127.0.0.1:1", "--store", "memory://",
+                              "--metrics-addr", "127.0.0.1:0", "--data-dir", str(tmp_path)])
+    assert worker.run(args) == 2
+    err = capsys.readouterr().err
+    assert "aiokafka 0.15.0" in err and "aiokafka==0.14.0" in err
+    assert "Traceback" not in err
+
+
 # ---------------------------------------------------------------------- surface
 
 
