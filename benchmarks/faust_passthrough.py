@@ -25,10 +25,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_app.config import INPUT_TOPICS, settings_from_args  # noqa: E402
+from stream_app.config import settings_from_args  # noqa: E402
 from stream_app.streaming.app import build_worker_app  # noqa: E402
 from stream_app.streaming.batching import ack_batch, send_batched, take_batches  # noqa: E402
 from stream_app.streaming.worker import add_arguments, stream_options, tune_gc  # noqa: E402
+from stream_app.vocabulary import INPUT_TOPICS  # noqa: E402
 
 
 def build(args: argparse.Namespace):

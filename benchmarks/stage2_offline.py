@@ -96,7 +96,7 @@ def run(values: list[bytes], batch: int, partitions: int, cache_size: int,
         for p, g in groups.items():
             stage2.process_partition(p, DictTable(tables[p]), g, False, batch_us, now, out)
         stage2.outputs_acked(list(groups), batch_us)
-        outputs += len(out)
+        outputs += len(codecs.encode_decisions(out))  # the messages stage 2 would produce
     seconds = time.perf_counter() - t0
     res = {
         "batch": batch,

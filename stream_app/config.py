@@ -21,24 +21,6 @@ ENV_PREFIX = "CHARGECAP_"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 
-# Default topic names of contract.md §1 (the prefix is prepended to every one).
-TOPIC_MEDICATION_ADMINISTRATIONS = "ehr.medication-administrations"
-TOPIC_EM_SERVICES = "ehr.em-services"
-TOPIC_DISPENSES = "pharmacy.dispenses"
-TOPIC_CHARGE_LINES = "billing.charge-lines"
-TOPIC_CORRECTION_ALERTS = "billing.correction-alerts"
-TOPIC_DEAD_LETTERS = "billing.dead-letters"
-INPUT_TOPICS = (TOPIC_MEDICATION_ADMINISTRATIONS, TOPIC_EM_SERVICES, TOPIC_DISPENSES)
-OUTPUT_TOPICS = (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS, TOPIC_DEAD_LETTERS)
-
-# Which input topic carries which event_type.
-EVENT_TYPE_TOPICS = {
-    "medication.administered": TOPIC_MEDICATION_ADMINISTRATIONS,
-    "em.service": TOPIC_EM_SERVICES,
-    "drug.dispensed": TOPIC_DISPENSES,
-}
-
-
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names the flag/variable."""
 

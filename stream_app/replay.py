@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_metrics(res: ReplayResult, path: Path) -> None:
-    from stream_app.config import EVENT_TYPE_TOPICS
     from stream_app.metrics import Metrics, write_textfile
+    from stream_app.vocabulary import EVENT_TYPE_TOPICS
 
     m = Metrics()
     for event_type, n in res.by_event_type.items():

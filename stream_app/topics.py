@@ -136,7 +136,7 @@ def _config_str(value: Any) -> str:
     return str(value)
 
 
-async def _describe_configs(
+async def describe_configs(
     admin: AIOKafkaAdminClient, names: Iterable[str]
 ) -> dict[str, dict[str, tuple[str | None, int]]]:
     """topic → {config: (value, config_source)}."""
@@ -240,7 +240,7 @@ async def _apply(
     if not present:
         return _ordered(changes, wanted)
     described = {t["topic"]: t for t in await admin.describe_topics(present)}
-    configs = await _describe_configs(admin, present)
+    configs = await describe_configs(admin, present)
     to_alter: list[ConfigResource] = []
     for name in present:
         definition = wanted[name]
@@ -328,7 +328,7 @@ async def _wait_for_configs(
     deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
     pending = dict(wanted)
     while pending:
-        current = await _describe_configs(admin, pending)
+        current = await describe_configs(admin, pending)
         pending = {
             name: configs
             for name, configs in pending.items()

@@ -86,7 +86,7 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def _get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
                 return r.status, r.read().decode()
@@ -96,7 +96,7 @@ class Worker:
             return 0, ""
 
     def scrape(self):
-        status, body = self._get("/metrics")
+        status, body = self.get("/metrics")
         return parse_prometheus(body) if status == 200 else []
 
     def check_alive(self) -> None:
@@ -208,7 +208,7 @@ class WorkerGroup(Worker):
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             self.check_alive()
-            codes = [(await asyncio.to_thread(w._get, "/healthz", 2.0))[0] for w in self.members]
+            codes = [(await asyncio.to_thread(w.get, "/healthz", 2.0))[0] for w in self.members]
             if all(c == 200 for c in codes):
                 return time.monotonic() - t0
             await asyncio.sleep(0.2)

@@ -1,15 +1,13 @@
-"""The Faust application of the worker (contract.md §1, §3; docs/streaming.md).
+"""The worker's Faust topology (contract.md §1, §3; docs/streaming.md): the app, its topics,
+table, agents and timers, around one engine.
 
-Two agents and two timers:
-
-* **stage 1** (`chargecap-stage1`) reads the three input topics in batches, parses each
-  message once, sends invalid ones to the dead-letter topic and forwards the *original
-  bytes* of valid ones to the internal repartition topic `{app_id}-patient-records`,
-  keyed by `patient_id` with an explicit partition (`codecs.partition_for`), so a
-  patient's records meet in one partition whatever the input keys and partition counts.
-* **stage 2** (`chargecap-stage2`, `concurrency=1`) reads the repartition topic in batches,
-  groups the records by partition and patient, runs the engine against the patient's
-  state in the Faust table `patient-state` (changelog `{app_id}-patient-state-changelog`,
+* **stage 1** (`chargecap-stage1`, stage1.py) reads the three input topics in batches,
+  sends invalid messages to the dead-letter topic and forwards the original bytes of
+  valid ones to the internal repartition topic `{app_id}-patient-records`, bundled per
+  partition of their patient.
+* **stage 2** (`chargecap-stage2`, `concurrency=1`, stage2.py and processor.py) reads
+  the repartition topic in batches, runs the engine against each patient's state in the
+  Faust table `patient-state` (changelog `{app_id}-patient-state-changelog`,
   co-partitioned with the repartition topic), writes the table, waits until the
   changelog writes are acknowledged, and only then produces the batch's charge lines and
   alerts (crash safety, docs/streaming.md).
@@ -20,7 +18,8 @@ Two agents and two timers:
 * the **lag timer** updates `chargecap_consumer_lag_messages`.
 
 Nothing here awaits a single message's delivery: sends are collected and awaited once per
-batch.
+batch. The Kafka consumer and producer are the seam's (seam/): strict commits
+(commits.py), guarded seeks, an idempotent producer.
 """
 
 from __future__ import annotations
@@ -28,24 +27,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
 import faust
-from faust.streams import _current_event
 from faust.types import TP
 
-from stream_app.config import (
-    INPUT_TOPICS,
-    TOPIC_CHARGE_LINES,
-    TOPIC_CORRECTION_ALERTS,
-    TOPIC_DEAD_LETTERS,
-    Settings,
-    faust_broker_url,
-)
-from stream_app.engine import DeadLetter, parse_record
-from stream_app.streaming import codecs, fastpath
+from stream_app.config import Settings, faust_broker_url
+from stream_app.streaming import codecs
+from stream_app.streaming.admin import REPARTITION_RETENTION_S
 from stream_app.streaming.batching import (
     DEFAULT_BATCH_LIMIT,
     ack_batch,
@@ -53,24 +43,28 @@ from stream_app.streaming.batching import (
     take_batches,
 )
 from stream_app.streaming.commits import OffsetAudit, StrictCommits
-from stream_app.streaming.fetchpace import FetchPace, pace_fetches
-from stream_app.streaming.processor import (
-    MARKER_PREFIX,
-    Item,
-    Output,
-    Stage2,
-    TableAccess,
-    dead_letter_output,
-    patient_key,
-    truncated_dead_letter,
+from stream_app.streaming.deadletters import DeadLetterSender
+from stream_app.streaming.fetchpace import FetchPace
+from stream_app.streaming.processor import MARKER_PREFIX, Stage2
+from stream_app.streaming.seam import (
+    changelog_is_the_wal,
+    install_worker_transport,
+    kafka_producer,
 )
-from stream_app.streaming.seekguard import guard_seeks
-from stream_app.streaming.statestore import changelog_is_the_wal, partition_db
-from stream_app.vocabulary import TOO_LARGE
+from stream_app.streaming.stage1 import route
+from stream_app.streaming.stage2 import Batch, Stage2Batches
+from stream_app.streaming.table import PartitionTable
+from stream_app.vocabulary import (
+    ALERT,
+    INPUT_TOPICS,
+    LINE,
+    TOPIC_CHARGE_LINES,
+    TOPIC_CORRECTION_ALERTS,
+    TOPIC_DEAD_LETTERS,
+    repartition_topic,
+)
 
 log = logging.getLogger(__name__)
-
-PROCESSING_ERROR = "PROCESSING_ERROR"
 
 
 @dataclass(frozen=True)
@@ -79,11 +73,10 @@ class StreamOptions:
 
     partitions: int = 6  # repartition topic and table changelog
     batch_size: int = 2000  # max messages per stage-1 batch
-    # Stage 2 reads bundles (one per repartition partition and stage-1 batch: ~330
-    # records each under backlog), so its batches and its stream queue are bounded in
-    # bundles, ~2,000 records per batch as before bundles. Larger batches and 4 MB
-    # fetches were faster but cost 400-900 B of resident memory per open patient-day
-    # (docs/performance.md, "Session 5").
+    # Stage 2 reads bundles (one per repartition partition and stage-1 batch), so its
+    # batches and its stream queue are bounded in bundles, a few thousand records per
+    # batch under backlog. Larger batches were faster but cost resident memory per open
+    # patient-day (docs/performance.md).
     stage2_batch_bundles: int = 6
     stage2_queue_bundles: int = 16
     batch_within: float = 0.02  # seconds a stage waits to fill a batch
@@ -93,10 +86,10 @@ class StreamOptions:
     producer_linger: float = 0.005
     max_request_size: int = 16 * 1024 * 1024
     max_batch_bytes: int = 4 * 1024 * 1024
-    # Faust pauses the input partitions at 80 % of this many buffered messages; at 4,096
-    # a backlog kept pausing and resuming them (one Faust agent doing the raw loop's work
-    # moved 7.4k events/s at 4,096, 14.7k at 20,000; the pipeline +13 %). The buffer is
-    # empty, and its memory handed back (memtrim.py), once the backlog is worked off.
+    # Faust pauses the input partitions at 80 % of this many buffered messages; a small
+    # buffer makes a backlog pause and resume them over and over, at a large cost in
+    # throughput (docs/performance.md). The buffer is empty, and its memory handed back
+    # (memtrim.py), once the backlog is worked off.
     stream_buffer_maxsize: int = 20_000
     # While records flow, fetches are held until this many bytes are ready or the wait is
     # over; after an empty fetch they are answered at the first byte (fetchpace.py).
@@ -157,166 +150,19 @@ def build_faust_app(settings: Settings, opts: StreamOptions) -> faust.App:
 
 
 def build_worker_app(settings: Settings, opts: StreamOptions) -> tuple[faust.App, StrictCommits]:
-    """The Faust app with everything the worker's consumption and production rely on (no
-    agents yet); benchmarks/faust_passthrough.py measures Faust's ceiling with it."""
+    """The Faust app on the worker's transport (seam/): everything the worker's
+    consumption and production rely on, no agents yet; benchmarks/faust_passthrough.py
+    measures Faust's ceiling with it. Raises seam.SeamError on library versions the seam
+    was not checked against."""
     app = build_faust_app(settings, opts)
     # Rebalances must not lose input: seeks wait for the batch in hand, and a commit
     # crosses only processed records or holes Kafka confirms (commits.py).
-    guard_seeks(app.consumer)
     commits = StrictCommits(
-        app.consumer,
         OffsetAudit(settings.bootstrap_servers, client_id=f"{settings.app_id}-audit",
-                    **settings.aiokafka_security_kwargs()),
-    ).install()
-    make_producer_idempotent(app)
-    pace_fetches(app, FetchPace(opts.fetch_min_bytes, opts.fetch_max_wait))
-    fastpath.install(app)
+                    **settings.aiokafka_security_kwargs()))
+    install_worker_transport(app, commits=commits,
+                             pace=FetchPace(opts.fetch_min_bytes, opts.fetch_max_wait))
     return app, commits
-
-
-def make_producer_idempotent(app: faust.App) -> None:
-    """acks=all and an idempotent producer without Faust's exactly_once mode: a produce
-    retried after a broker or network failure can then not write a message twice (a
-    duplicate would carry an equal, not a higher, revision)."""
-    app.producer._settings_extra = lambda: {"acks": "all", "enable_idempotence": True}  # noqa: SLF001
-
-
-def internal_topic_names(settings: Settings) -> tuple[str, str]:
-    """(repartition topic, table changelog topic) of an app id."""
-    return f"{settings.app_id}-patient-records", f"{settings.app_id}-patient-state-changelog"
-
-
-async def ensure_internal_topics(settings: Settings, opts: StreamOptions,
-                                 timeout: float = 30.0) -> None:
-    """Create the internal topics before Faust subscribes, and wait until the broker's
-    metadata lists them: a topic Faust creates itself at start-up may be missing from the
-    first metadata it subscribes with ("Ignoring missing topic"), and the worker would
-    then never be assigned its partitions until the next metadata refresh."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    repartition, changelog = internal_topic_names(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                                client_id=f"{settings.app_id}-setup",
-                                **settings.aiokafka_security_kwargs())
-    await admin.start()
-    try:
-        wanted = {
-            repartition: {"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000),
-                          "max.message.bytes": str(opts.max_request_size)},
-            changelog: {"cleanup.policy": "compact",
-                        "max.message.bytes": str(opts.max_request_size)},
-        }
-        existing = set(await admin.list_topics())
-        new = [NewTopic(name, opts.partitions, opts.replication_factor, topic_configs=cfg)
-               for name, cfg in wanted.items() if name not in existing]
-        if new:
-            try:
-                await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-        deadline = time.monotonic() + timeout
-        while True:
-            described = await admin.describe_topics(list(wanted))
-            ok = all(d.get("error_code", 0) == 0 and len(d.get("partitions", ())) > 0
-                     for d in described)
-            if ok:
-                for d in described:
-                    if len(d["partitions"]) != opts.partitions:
-                        raise RuntimeError(
-                            f"internal topic {d['topic']} has {len(d['partitions'])} "
-                            f"partitions, the worker is configured for {opts.partitions}")
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("internal topics did not appear in the broker metadata")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-
-
-RECORD_OVERHEAD = 4096  # key, headers and record framing around a dead letter's value
-
-
-async def output_limits(settings: Settings) -> dict[str, int]:
-    """The largest record batch each output topic accepts (its max.message.bytes, else
-    the broker's default), read at start-up. Produced batches are cut below it and dead
-    letters above it are truncated *before* sending: a rejected batch would stop the
-    worker (and break the idempotent producer's sequence numbers)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from stream_app.topics import _describe_configs
-
-    names = [settings.topic(t) for t in (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS,
-                                         TOPIC_DEAD_LETTERS)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                                client_id=f"{settings.app_id}-setup",
-                                **settings.aiokafka_security_kwargs())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        present = [n for n in names if n in existing]
-        configs = await _describe_configs(admin, present) if present else {}
-        limits = {}
-        for name in names:
-            value = configs.get(name, {}).get("max.message.bytes", (None, 0))[0]
-            limits[name] = int(value) if value else DEFAULT_BATCH_LIMIT
-        return limits
-    finally:
-        await admin.close()
-
-
-def _too_large(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return "TooLarge" in text or "too large" in text.lower()
-
-
-class _PartitionTable(TableAccess):
-    """Table access for one partition from inside stage 2.
-
-    The store (RocksDB keeps one database per partition) and the changelog both take the
-    partition from Faust's *current event*; a batch mixes partitions, so the current event
-    is set to one of this partition's events before every access. Changelog messages are
-    collected and produced for the whole batch at once (`_write_changelog`), which waits
-    for their acknowledgement before the batch's outputs are produced.
-    """
-
-    __slots__ = ("table", "partition", "event", "changelog", "topic", "db")
-
-    def __init__(self, table, partition: int, event, changelog: list, db=None):
-        self.table, self.partition, self.event, self.changelog = table, partition, event, changelog
-        self.topic = table.changelog_topic_name
-        self.db = db  # the partition's RocksDB database, used directly (statestore.py)
-
-    def activate(self) -> None:
-        _current_event.set(weakref.ref(self.event))
-
-    def get(self, key: bytes) -> bytes | None:
-        if self.db is not None:
-            return self.db.get(key)
-        self.activate()
-        try:
-            return self.table.data[key]
-        except KeyError:
-            return None
-
-    def set(self, key: bytes, value: bytes) -> None:
-        if self.db is not None:
-            self.db.put(key, value)
-        else:
-            self.activate()
-            self.table.data[key] = value
-        self.changelog.append((self.topic, self.partition, key, value, None))
-
-    def delete(self, key: bytes) -> None:
-        if self.db is not None:
-            self.db.delete(key)
-        else:
-            self.activate()
-            try:
-                del self.table.data[key]
-            except KeyError:
-                pass
-        self.changelog.append((self.topic, self.partition, key, None, None))
 
 
 class ChargecapStreams:
@@ -335,18 +181,20 @@ class ChargecapStreams:
         self.lines_topic = settings.topic(TOPIC_CHARGE_LINES)
         self.alerts_topic = settings.topic(TOPIC_CORRECTION_ALERTS)
         self.dead_topic = settings.topic(TOPIC_DEAD_LETTERS)
-        self.repartition_name = f"{settings.app_id}-patient-records"
+        self.repartition_name = repartition_topic(settings.app_id)
         self.recovered = False
         self.stopping = False
         self.stage2 = Stage2(engine, state_cls, metrics=metrics, input_topics=self.input_names,
                              cache_size=opts.state_cache)
+        self.stage2_batches = Stage2Batches(self.stage2, input_topics=self.input_names,
+                                            timezone=settings.timezone, metrics=metrics)
 
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                "value_serializer": "raw"}
         self.input_topic = app.topic(*self.input_names, **raw)
         self.repartition = app.topic(
             self.repartition_name, partitions=opts.partitions, internal=True,
-            retention=7 * 86400.0, deleting=True, maxsize=opts.stage2_queue_bundles, **raw,
+            retention=float(REPARTITION_RETENTION_S), deleting=True, maxsize=opts.stage2_queue_bundles, **raw,
         )
         self.table = app.Table(
             "patient-state", partitions=opts.partitions, key_type=bytes, value_type=bytes,
@@ -355,6 +203,8 @@ class ChargecapStreams:
         )
         self.table.on_recover(self._on_recover)
         changelog_is_the_wal(self.table.data)
+        self.dead_letters = DeadLetterSender(app.producer.send, self.dead_topic,
+                                             DEFAULT_BATCH_LIMIT)
         # Record batch limits per topic; the outputs' are read from the broker at start-up.
         self.set_output_limits({})
 
@@ -369,7 +219,7 @@ class ChargecapStreams:
     def set_output_limits(self, limits: dict[str, int]) -> None:
         """Record batch limits per topic (send_batched's default covers a topic not
         listed); the internal topics are created with max_request_size."""
-        self.dead_letter_limit = limits.get(self.dead_topic, DEFAULT_BATCH_LIMIT)
+        self.dead_letters.topic_limit = limits.get(self.dead_topic, DEFAULT_BATCH_LIMIT)
         internal = self.opts.max_request_size
         self.batch_limits = {**limits, self.repartition_name: internal,
                              self.table.changelog_topic_name: internal}
@@ -379,10 +229,7 @@ class ChargecapStreams:
         app = self.app
         return self.recovered and not self.stopping and not app.rebalancing
 
-    # ------------------------------------------------------------------ stage 1
-
-    async def _stage1(self, stream):
-        await self._run_stage(stream, "stage 1", self._stage1_batch, self.opts.batch_size)
+    # ------------------------------------------------------------------ both stages
 
     async def _run_stage(self, stream, where: str, process, batch_size: int) -> None:
         """Take batches, process each, and only then ack it (its offsets may be committed)."""
@@ -393,103 +240,6 @@ class ChargecapStreams:
                 await self._fatal(where, exc)
             await ack_batch(stream, events)
 
-    async def _stage1_batch(self, events) -> None:
-        metrics = self.metrics
-        tz = self.settings.timezone
-        limit = self.settings.max_message_bytes
-        n_parts = self.opts.partitions
-        repartition = self.repartition_name
-        sends: list[tuple] = []  # dead letters: (topic, key, value, partition, headers, Output)
-        # valid records per repartition partition: (origin, ts_ms, partition, offset, raw)
-        by_part: dict[int, list[tuple]] = defaultdict(list)
-        partition_for = codecs.partition_for
-        origin_of = self.origin_of.get
-        consumed: dict[str, int] = defaultdict(int)
-        for ev in events:
-            msg = ev.message
-            topic = msg.topic
-            consumed[topic] += 1
-            value = msg.value
-            if value is None:
-                value = b""
-            if len(value) > limit:
-                rec = DeadLetter(TOO_LARGE, f"value larger than {limit} bytes", None)
-            else:
-                try:
-                    rec = parse_record(value, default_tz=tz)
-                except Exception:  # noqa: BLE001 - the parser must never stop the worker
-                    log.exception("parser failed on a message of %s", topic)
-                    rec = DeadLetter(PROCESSING_ERROR, "parser failed", None)
-            if isinstance(rec, DeadLetter):
-                out = dead_letter_output(rec, raw=value, topic=topic, partition=msg.partition,
-                                         offset=msg.offset, key=msg.key)
-                sends.append((self.dead_topic, out.key, out.value, None, out.headers, out))
-                if metrics is not None:
-                    metrics.dead_lettered(topic, rec.error_code)
-                continue
-            ts_ms = int((msg.timestamp or time.time()) * 1000)
-            by_part[partition_for(rec.patient_id.encode("utf-8"), n_parts)].append(
-                (origin_of(topic, 0), ts_ms, msg.partition, msg.offset, value))
-        if metrics is not None:
-            for topic, n in consumed.items():
-                metrics.consumed(topic, n)
-        # One bundle per repartition partition: stage 2 then pays Faust's per-message cost
-        # once per bundle, not once per record (codecs.encode_bundle).
-        forwards = [(repartition, p, None, bundle, codecs.BUNDLE_HEADERS)
-                    for p, frames in sorted(by_part.items())
-                    for bundle in codecs.encode_bundle(frames)]
-        await asyncio.gather(self._send_all(sends),
-                             send_batched(self._kafka(), forwards, self.batch_limits))
-
-    def _kafka(self):
-        """The aiokafka producer under Faust's (batched sends go to it directly)."""
-        return self.app.producer._ensure_producer()  # noqa: SLF001 - no public accessor
-
-    async def _send_all(self, sends: list[tuple]) -> None:
-        """Send everything, then wait once for all acknowledgements.
-
-        A dead letter the topic refuses as too large is sent again with `raw` truncated
-        (codecs.dead_letter_value); any other failure raises, which stops the worker
-        before the batch's input offsets are committed (at-least-once)."""
-        if not sends:
-            return
-        send = self.app.producer.send
-        futures = []
-        limit = self.dead_letter_limit - RECORD_OVERHEAD
-        for topic, key, value, partition, headers, dead in sends:
-            if dead is not None and len(value) > limit:
-                log.warning("dead letter larger than the topic accepts; sending it with raw "
-                            "truncated")
-                t = truncated_dead_letter(dead)
-                topic, key, value, headers = self.dead_topic, t.key, t.value, t.headers
-            try:
-                futures.append(await send(topic, key, value, partition, None, headers))
-            except Exception as exc:
-                if dead is None or not _too_large(exc):
-                    raise
-                futures.append(await self._send_truncated(dead))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        retry = []
-        for (_t, _k, _v, _p, _h, dead), res in zip(sends, results, strict=True):
-            if isinstance(res, BaseException):
-                if dead is None or not _too_large(res):
-                    raise res
-                retry.append(await self._send_truncated(dead))
-        if retry:
-            await asyncio.gather(*retry)
-
-    async def _send_truncated(self, dead: Output):
-        log.warning("dead letter larger than the topic accepts; sending it with raw truncated")
-        t = truncated_dead_letter(dead)
-        return await self.app.producer.send(self.dead_topic, t.key, t.value, None, None,
-                                            t.headers)
-
-    # ------------------------------------------------------------------ stage 2
-
-    async def _stage2(self, stream):
-        await self._run_stage(stream, "stage 2", self._stage2_batch,
-                              self.opts.stage2_batch_bundles)
-
     async def _fatal(self, where: str, exc: BaseException) -> None:
         """A batch could not be completed (e.g. Kafka refused a write): stop the worker
         rather than go on past it. Its input offsets are not committed, so a restarted
@@ -499,65 +249,47 @@ class ChargecapStreams:
         await self.app.crash(exc)
         raise exc
 
-    async def _stage2_batch(self, events) -> None:
-        tz = self.settings.timezone
-        outputs: list[Output] = []
-        groups: dict[int, dict[bytes, list[Item]]] = defaultdict(lambda: defaultdict(list))
-        ticks: set[int] = set()
-        ctx: dict[int, object] = {}
-        for ev in events:
-            msg = ev.message
-            p = msg.partition
-            if p not in ctx:
-                ctx[p] = ev
-            hs = codecs.parse_headers(msg.headers)
-            kind = hs.get(codecs.H_KIND)
-            if kind == codecs.TICK:
-                ticks.add(p)
-                continue
-            if kind == codecs.BUNDLE:
-                frames = self._bundle_frames(msg.value or b"", outputs)
-            else:  # a single-record message of an earlier version
-                frames = ((int(hs.get(codecs.H_ORIGIN, b"0")), int(hs.get(codecs.H_TS, b"0")),
-                           int(hs.get(codecs.H_PART, b"-1")), int(hs.get(codecs.H_OFFSET, b"-1")),
-                           msg.value or b""),)
-            part_groups = groups[p]
-            for origin, ts_ms, src_part, src_offset, value in frames:
-                rec = parse_record(value, default_tz=tz)
-                if isinstance(rec, DeadLetter):  # stage 1 accepted it; should not happen
-                    outputs.append(self._dead_from_repartition(rec, value,
-                                                               (src_part, src_offset), origin))
-                    continue
-                part_groups[patient_key(rec.patient_id)].append(
-                    Item(rec, origin, ts_ms / 1000.0, value, (src_part, src_offset)))
+    def _kafka(self):
+        """The aiokafka producer under Faust's (batched sends go to it directly)."""
+        return kafka_producer(self.app)
 
-        batch_us = self.stage2.batch_us()
-        now = time.time()
-        changelog: list = []
-        # A partition revoked after its events were fetched now belongs to another worker,
-        # which recovers its state from the changelog and processes these events again
-        # (their offsets were not committed by us). Writing its state here would race that
-        # recovery with a stale value, so such partitions are left alone. (Processing is
-        # synchronous from here to the changelog write: no revocation can interleave.)
-        owned = self._owned_partitions()
-        touched = [p for p in ctx if owned is None or p in owned]
-        for p in ctx:
-            if p not in touched:
-                outputs = [o for o in outputs if o.partition != p]
-                self.stage2.revoke(p)
-        for p in touched:
-            access = _PartitionTable(self.table, p, ctx[p], changelog,
-                                     partition_db(self.table.data, p))
-            try:
-                self.stage2.process_partition(p, access, groups.get(p, {}), p in ticks,
-                                              batch_us, now, outputs)
-            except Exception as exc:  # noqa: BLE001
-                self._on_engine_error(exc, p, access, groups.get(p, {}), ticks, batch_us,
-                                      now, outputs)
+    # ------------------------------------------------------------------ stage 1
+
+    async def _stage1(self, stream):
+        await self._run_stage(stream, "stage 1", self._stage1_batch, self.opts.batch_size)
+
+    async def _stage1_batch(self, events) -> None:
+        routed = route((ev.message for ev in events), origin_of=self.origin_of,
+                       partitions=self.opts.partitions,
+                       max_message_bytes=self.settings.max_message_bytes,
+                       timezone=self.settings.timezone)
+        metrics = self.metrics
+        if metrics is not None:
+            for out in routed.dead_letters:
+                metrics.dead_lettered(out.record["topic"], out.record["dl"].error_code)
+            for topic, n in routed.consumed.items():
+                metrics.consumed(topic, n)
+        repartition = self.repartition_name
+        forwards = [(repartition, p, None, bundle, codecs.BUNDLE_HEADERS)
+                    for p, bundle in routed.bundles]
+        await asyncio.gather(self.dead_letters.send(routed.dead_letters),
+                             send_batched(self._kafka(), forwards, self.batch_limits))
+
+    # ------------------------------------------------------------------ stage 2
+
+    async def _stage2(self, stream):
+        await self._run_stage(stream, "stage 2", self._stage2_batch,
+                              self.opts.stage2_batch_bundles)
+
+    async def _stage2_batch(self, events) -> None:
+        batch = self.stage2_batches.decide(events, self._owned_partitions(), self._table_for)
         # Crash safety: the state that produced these outputs must be durable first.
-        await self._write_changelog(changelog)
-        await self._produce(outputs)
-        self.stage2.outputs_acked(touched, batch_us)
+        await self._write_changelog(batch.changelog)
+        await self._produce(batch)
+        self.stage2.outputs_acked(batch.touched, batch.batch_us)
+
+    def _table_for(self, partition: int, event, changelog: list) -> PartitionTable:
+        return PartitionTable(self.table, partition, event, changelog)
 
     async def _write_changelog(self, changelog: list) -> None:
         """Produce the batch's table writes and wait for them; then record the persisted
@@ -569,69 +301,22 @@ class ChargecapStreams:
         for d in await send_batched(self._kafka(), changelog, self.batch_limits):
             store.set_persisted_offset(TP(d.topic, d.partition), d.last_offset)
 
-    def _on_engine_error(self, exc, p, access, groups, ticks, batch_us, now, outputs) -> None:
-        """An engine failure must not stop the worker: retry the partition one patient at
-        a time and dead-letter the records of the patient(s) that fail (state unchanged)."""
-        log.error("engine failed on a batch of partition %d (%s); isolating", p,
-                  type(exc).__name__)
-        for key, items in groups.items():
-            try:
-                self.stage2.process_partition(p, access, {key: items}, False, batch_us, now,
-                                              outputs)
-            except Exception as exc2:  # noqa: BLE001
-                log.error("engine failed on %d record(s) of one patient (%s); dead-lettered",
-                          len(items), type(exc2).__name__)
-                for it in items:
-                    dl = DeadLetter(PROCESSING_ERROR, f"engine error {type(exc2).__name__}", None)
-                    outputs.append(self._dead_from_repartition(dl, it.raw, it.source,
-                                                               it.origin))
-        if p in ticks:
-            try:
-                self.stage2.process_partition(p, access, {}, True, batch_us, now, outputs)
-            except Exception as exc3:  # noqa: BLE001
-                log.error("timed work failed on partition %d (%s)", p, type(exc3).__name__)
-
-    def _bundle_frames(self, value: bytes, outputs: list[Output]) -> list[tuple]:
-        """The records of a bundle; a damaged bundle (never written by stage 1) keeps the
-        records before the damage and dead-letters the rest of its bytes."""
-        frames: list[tuple] = []
-        try:
-            for frame in codecs.iter_bundle(value):
-                frames.append(frame)
-        except ValueError as exc:
-            log.error("damaged bundle on the repartition topic (%s)", exc)
-            done = sum(codecs.FRAME_SIZE + len(f[4]) for f in frames)
-            dl = DeadLetter(PROCESSING_ERROR, "damaged repartition bundle", None)
-            outputs.append(self._dead_from_repartition(dl, value[done:], (-1, -1), -1))
-        return frames
-
-    def _dead_from_repartition(self, rec: DeadLetter, value: bytes, source: tuple[int, int],
-                               origin: int) -> Output:
-        topic = self.input_names[origin] if 0 <= origin < 3 else "unknown"
-        if self.metrics is not None:
-            self.metrics.dead_lettered(topic, rec.error_code)
-        return dead_letter_output(rec, raw=value, topic=topic, partition=source[0],
-                                  offset=source[1], key=None)
-
-    async def _produce(self, outputs: list[Output]) -> None:
-        if not outputs:
-            return
-        topics = {"line": self.lines_topic, "alert": self.alerts_topic}
-        decisions = [(topics[o.kind], None, o.key, o.value, o.headers)
-                     for o in outputs if o.kind != "dead"]
-        dead = [(self.dead_topic, o.key, o.value, None, o.headers, o)
-                for o in outputs if o.kind == "dead"]
-        await asyncio.gather(send_batched(self._kafka(), decisions, self.batch_limits), self._send_all(dead))
+    async def _produce(self, batch: Batch) -> None:
+        outputs = batch.outputs
+        topics = {LINE: self.lines_topic, ALERT: self.alerts_topic}
+        decisions = [(topics[o.kind], None, o.key, o.value, o.headers) for o in outputs]
+        await asyncio.gather(send_batched(self._kafka(), decisions, self.batch_limits),
+                             self.dead_letters.send(batch.dead_letters))
         m = self.metrics
         if m is None:
             return
         t = time.time()
         for o in outputs:
-            if o.kind == "line":
+            if o.kind == LINE:
                 m.record_line(o.record, count_value=o.count_value)
                 if o.input_ts:
                     m.observe_latency("charge_line", t - o.input_ts)
-            elif o.kind == "alert":
+            else:
                 m.record_alert(o.record, group=o.partition)
                 if o.input_ts:
                     m.observe_latency("alert", t - o.input_ts)
@@ -649,7 +334,7 @@ class ChargecapStreams:
         consumer cannot say, e.g. not started: then nothing is filtered)."""
         try:
             assignment = self.app.consumer.assignment()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
         return {tp.partition for tp in assignment if tp.topic == self.repartition_name}
 
@@ -691,17 +376,16 @@ class ChargecapStreams:
         consumer = self.app.consumer
         try:
             assignment = consumer.assignment()
-        except Exception:  # noqa: BLE001 - not started yet
+        except Exception:  # not started yet
             return
-        committed = getattr(consumer, "_committed_offset", {})
         for tp in assignment:
             if tp.topic not in self.origin_of and tp.topic != self.repartition_name:
                 continue
             try:
                 hw = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             if hw is None:
                 continue
-            c = committed.get(tp)
+            c = consumer.committed_offset(tp)
             m.set_consumer_lag(tp.topic, tp.partition, hw - (c or 0))

@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.producer.message_accumulator import BatchBuilder
+
+from stream_app.streaming.seam import new_batch_builder, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ _WORDS: dict[int, struct.Struct] = {}  # little-endian u32 words of a key, by wo
 
 def murmur2(key: bytes) -> int:
     """Kafka's murmur2 (Java `Utils.murmur2`, unsigned), as aiokafka.partitioner.murmur2
-    computes it, ~2x faster: the key's 4-byte words are unpacked in one C call instead of
+    computes it, faster: the key's 4-byte words are unpacked in one C call instead of
     byte by byte. One is computed per decision sent; tests/streaming/test_batching.py
     checks it against aiokafka's on every length up to 200 bytes."""
     length = len(key)
@@ -90,7 +91,7 @@ async def take_batches(stream, max_size: int, within: float):
     async def _deferred(event) -> bool:
         return False
 
-    stream.ack = _deferred
+    replace(stream, "ack", _deferred)
     async for events in stream.take_events(max_size, within):
         yield events
 
@@ -103,14 +104,6 @@ async def ack_batch(stream, events) -> None:
 
 
 DEFAULT_BATCH_LIMIT = 1_000_000  # Kafka's default message.max.bytes, rounded down
-
-
-def _builder(producer, limit: int) -> BatchBuilder:
-    """An empty record batch of at most `limit` bytes (the producer's own batches use its
-    max_batch_size, which may exceed what a topic accepts: the broker applies
-    max.message.bytes to the whole record batch)."""
-    acc = producer._message_accumulator  # noqa: SLF001 - create_batch() takes no size
-    return BatchBuilder(min(limit, acc._batch_size), acc._compression_type)  # noqa: SLF001
 
 
 async def send_batched(producer, messages: Sequence[tuple[str, int | None, bytes | None,
@@ -137,7 +130,7 @@ async def send_batched(producer, messages: Sequence[tuple[str, int | None, bytes
     pending: list[tuple[str, int, int, asyncio.Future]] = []
     for (topic, partition), msgs in by_tp.items():
         limit = limits.get(topic, DEFAULT_BATCH_LIMIT)
-        batch = _builder(producer, limit)
+        batch = new_batch_builder(producer, limit)
         count = 0
         for key, value, headers in msgs:
             if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
@@ -146,7 +139,7 @@ async def send_batched(producer, messages: Sequence[tuple[str, int | None, bytes
                 batch.close()
                 pending.append((topic, partition, count,
                                 await producer.send_batch(batch, topic, partition=partition)))
-                batch, count = _builder(producer, limit), 0
+                batch, count = new_batch_builder(producer, limit), 0
                 if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
                     raise MessageSizeTooLargeError(f"a message for {topic} exceeds the batch size")
             count += 1

@@ -11,16 +11,14 @@ Nothing here does I/O; everything is unit-testable.
   offset (for a dead letter raised in stage 2), length, then the *original* input bytes
   unchanged (`encode_bundle` / `iter_bundle`). One message per partition instead of one
   per record spares stage 2 Faust's per-message cost (docs/performance.md).
-  Still read: single-record messages of earlier versions (key = `patient_id`, value = the
-  original bytes, headers `o`, `t`, `p`, `f` as above).
   Tick messages (timed settle/close/retention work) have no key, an empty value and the
   header `k: tick`.
 * **Table values**: a 21-byte header (`version`, which is also the layout of the state
   bytes, `next_due` as a double, NaN = nothing due, `written_us`, `open_days`) followed
   by `PatientState.to_bytes()`. The header lets the worker rebuild its due index and
   gauges after recovery without deserialising every state.
-* **Outputs**: orjson of the engine's decision dicts, headers `content-type`, `schema`
-  and (alerts) `work_queue`.
+* **Outputs** (`Output`, `encode_decisions`): orjson of the engine's decision dicts,
+  headers `content-type`, `schema` and (alerts) `work_queue`.
 * **Dead letters**: contract.md §3 plus `raw_base64` when the value is not valid UTF-8.
 """
 
@@ -30,16 +28,15 @@ import base64
 import math
 import struct
 import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import orjson
 
-from stream_app.engine import STATE_LAYOUT as LAYOUT
+from stream_app.engine import STATE_LAYOUT
+from stream_app.vocabulary import ALERT, LINE
 
-# Header names on the internal repartition topic.
-H_ORIGIN = "o"
-H_TS = "t"
-H_PART = "p"
-H_OFFSET = "f"
+# Header name on the internal repartition topic: the message kind (bundle or tick).
 H_KIND = "k"
 TICK = b"tick"
 BUNDLE = b"bundle"
@@ -54,10 +51,9 @@ ALERT_SCHEMA = ("schema", b"chargecap.correction-alert.v1")
 LINE_HEADERS = [CONTENT_TYPE, LINE_SCHEMA]
 
 _STATE_HEADER = struct.Struct(">BdqI")
-# The header's version is the layout of the PatientState bytes after it: 2 since emitted
-# messages are kept as bytes; 1 is still read (values written before).
-STATE_VERSION = LAYOUT
-STATE_VERSIONS = (1, LAYOUT)
+# The header's version is the layout of the PatientState bytes after it.
+STATE_VERSION = STATE_LAYOUT
+STATE_VERSIONS = (STATE_LAYOUT,)
 STATE_HEADER_SIZE = _STATE_HEADER.size
 
 
@@ -136,6 +132,38 @@ def parse_headers(headers) -> dict[str, bytes]:
     if isinstance(headers, dict):
         return headers
     return {k: v for k, v in headers}
+
+
+@dataclass(slots=True)
+class Output:
+    """One message to produce: kind is vocabulary.LINE, ALERT or DEAD."""
+
+    kind: str
+    key: bytes | None
+    value: bytes
+    headers: list
+    record: dict | None = None  # decision dict (lines/alerts) for metrics
+    input_ts: float | None = None  # seconds; for decision latency
+    partition: int = -1
+    count_value: bool = True  # False for re-emissions after recovery
+
+
+def encode_decisions(decided: Iterable) -> list[Output]:
+    """The messages of stage 2's decisions (processor.Decided): charge lines and
+    correction alerts."""
+    dumps = orjson.dumps
+    out = []
+    for d in decided:
+        dec = d.decision
+        v = dec.value
+        if dec.kind == LINE:
+            out.append(Output(LINE, dec.key.encode(), dumps(v), LINE_HEADERS, v, d.input_ts,
+                              d.partition, d.count_value))
+        else:
+            out.append(Output(ALERT, dec.key.encode(), dumps(v),
+                              alert_headers(v.get("work_queue")), v, d.input_ts,
+                              d.partition, d.count_value))
+    return out
 
 
 def alert_headers(work_queue: str | None) -> list:

@@ -8,8 +8,7 @@ compacted records). Both turn a record that was fetched but never processed into
 record committed past, that is, lost. That happens in rebalances: while a worker
 recovers, its consumer fetches but the streams skip what arrives; the fetch loop's read
 position is then reset and moved again, and the skipped records are not handed on a
-second time. (Seen 1 run in 3-10 of the join/leave rebalance test on a broker with
-thousands of partitions; docs/reliability.md, "Findings".)
+second time (docs/reliability.md, "Findings").
 
 So the commit here is strict: it walks the acknowledged offsets up from the committed
 one and stops at the first hole. A hole is not guessed at: `OffsetAudit` reads the
@@ -19,7 +18,10 @@ crosses them; a record that is there but was never acknowledged was missed, and 
 partition is re-read from it (the records after it come again: at-least-once, never
 loss).
 
-`next_commit` is the pure decision; `StrictCommits` wires it into a Faust consumer.
+`next_commit` is the pure decision; `StrictCommits` applies it to a consumer's
+bookkeeping, which the worker's consumer (seam/consumer.py) hands over through public
+methods: `acked_offsets(tp)`, `acked_index(tp)`, `committed_offset(tp)`, `assignment()`
+and `seek(tp, offset)`.
 """
 from __future__ import annotations
 
@@ -84,8 +86,8 @@ def confirmed_empty(start: int, scanned_to: int, present: Sequence[int]) -> list
 
 
 class StrictCommits:
-    """Replaces a Faust consumer's `_new_offset` (and switches off its gap tracking) with
-    `next_commit`. A hole is resolved by `audit(tp, start, stop)`, which returns the
+    """The commit decision of one consumer (`bind`): `new_offset(tp)` is what the
+    consumer commits. A hole is resolved by `audit(tp, start, stop)`, which returns the
     record offsets Kafka holds in [start, stop) and how far it read (None: no answer):
     every range without records is remembered as empty, so one audit clears all the
     transaction markers up to `stop`; a record that is there but was never acknowledged
@@ -93,11 +95,11 @@ class StrictCommits:
 
     RETRY_S = 2.0  # an unresolved hole is audited again at most this often
 
-    def __init__(self, consumer,
+    def __init__(self,
                  audit: Callable[[object, int, int],
                                  Awaitable[tuple[list[int], int] | None]],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.consumer = consumer
+        self.consumer = None
         self.audit = audit
         self.clock = clock
         self.empty: dict[object, list[Hole]] = defaultdict(list)
@@ -106,22 +108,17 @@ class StrictCommits:
         self.rereads = 0
         self.holes_confirmed = 0
 
-    def install(self) -> StrictCommits:
-        self.consumer._new_offset = self.new_offset  # noqa: SLF001
-
-        async def _no_gaps(tp, offset_from, offset_to) -> None:
-            return None  # holes are audited, not assumed
-
-        self.consumer._add_gap = _no_gaps  # noqa: SLF001
+    def bind(self, consumer) -> StrictCommits:
+        self.consumer = consumer
         return self
 
     def new_offset(self, tp) -> int | None:
         c = self.consumer
-        acked = c._acked[tp]  # noqa: SLF001
+        acked = c.acked_offsets(tp)
         if not acked:
             return None
         acked.sort()
-        committed = c._committed_offset[tp]  # noqa: SLF001
+        committed = c.committed_offset(tp)
         empty = self.empty[tp]
         new, hole = next_commit(acked, committed, empty)
         if hole is not None:
@@ -129,7 +126,7 @@ class StrictCommits:
         if new is None:
             return None
         k = bisect.bisect_left(acked, new)
-        c._acked_index[tp].difference_update(acked[:k])  # noqa: SLF001
+        c.acked_index(tp).difference_update(acked[:k])
         del acked[:k]
         empty[:] = [(a, b) for a, b in empty if b > new]
         return new
@@ -153,8 +150,8 @@ class StrictCommits:
             empty = self.empty[tp]
             empty.extend(confirmed_empty(start, scanned_to, present))
             empty.sort()
-            acked = self.consumer._acked_index[tp]  # noqa: SLF001
-            committed = self.consumer._committed_offset[tp]  # noqa: SLF001
+            acked = self.consumer.acked_index(tp)
+            committed = self.consumer.committed_offset(tp)
             missed = [o for o in present
                       if o not in acked and (committed is None or o >= committed)]
             if not missed:
@@ -166,7 +163,7 @@ class StrictCommits:
             log.warning("re-reading %s[%d] from offset %d: %d record(s) there were fetched "
                         "but never processed", tp.topic, tp.partition, missed[0], len(missed))
             await self.consumer.seek(tp, missed[0])
-        except Exception as exc:  # noqa: BLE001 - the next commit tries again
+        except Exception as exc:  # the next commit tries again
             log.warning("could not check offsets %d-%d of %s[%d] (%s); the commit waits",
                         start, stop, tp.topic, tp.partition, type(exc).__name__)
         finally:

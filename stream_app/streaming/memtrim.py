@@ -4,12 +4,10 @@ glibc's malloc keeps memory that the program has freed and hands it out again la
 returns it to the kernel only from the top of the heap. The worker frees a lot of
 medium-sized blocks (fetched message values, encoded patient states, produced batches),
 so after a surge its resident memory stays at the surge's high-water mark although the
-live heap is far smaller: at 100,000 open patient-days ~60 MB of the worker's resident
-memory was free heap (docs/performance.md, "Session 7"). `malloc_trim(0)` releases the
-free pages of every arena. It runs in a daemon thread (ctypes releases the GIL for the
-call): 1.5 ms median, 17 ms at most, measured once a second with the worker at 2,000
-events/s; the main thread only waits for it if it allocates from an arena being trimmed
-at that moment.
+live heap is far smaller (docs/performance.md has the figures). `malloc_trim(0)` releases
+the free pages of every arena. It runs in a daemon thread (ctypes releases the GIL for
+the call, which takes milliseconds); the main thread only waits for it if it allocates
+from an arena being trimmed at that moment.
 
 On a C library without `malloc_trim` (musl, macOS) this does nothing and says so once.
 """
@@ -45,7 +43,7 @@ class MemoryTrimmer:
         self.trim = trim if trim is not None else libc_malloc_trim()
         self.calls = 0
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None
 
     def start(self) -> MemoryTrimmer:
         if self.interval <= 0:
@@ -54,21 +52,21 @@ class MemoryTrimmer:
             log.info("malloc_trim not available in this C library; freed heap memory stays "
                      "with the process")
             return self
-        self._thread = threading.Thread(target=self._run, name="chargecap-malloc-trim",
+        self.thread = threading.Thread(target=self._run, name="chargecap-malloc-trim",
                                         daemon=True)
-        self._thread.start()
+        self.thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self.thread is not None:
+            self.thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.trim()
-            except Exception:  # noqa: BLE001 - a failed trim only means no memory returned
+            except Exception:  # a failed trim only means no memory returned
                 log.exception("malloc_trim failed; not retried")
                 return
             self.calls += 1

@@ -9,10 +9,10 @@
 * the open patient-day count per partition;
 * the per-partition "outputs acknowledged up to" watermark written as a marker key.
 
-Table access goes through a `TableAccess` given per partition by the Faust layer (it
-sets the current-event context the store needs); this module only computes the writes
-and the messages to produce. Outputs are produced by the caller *after* the table
-writes' changelog messages are acknowledged (see docs/streaming.md "crash safety").
+Table access goes through a `TableAccess` given per partition by the Faust layer
+(table.py); this module computes the writes and the decisions (`Decided`), which the
+caller encodes (codecs.encode_decisions) and produces *after* the table writes'
+changelog messages are acknowledged (see docs/streaming.md "crash safety").
 
 Table keys: `b"p" + patient_id` (state), `b"m" + partition` (marker; value = the
 `written_us` of the last batch whose outputs were all acknowledged).
@@ -27,16 +27,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import orjson
-
-from stream_app.engine import DeadLetter
+from stream_app.engine import Decision
 from stream_app.streaming import codecs
+from stream_app.vocabulary import LINE
 
 log = logging.getLogger(__name__)
 
 PATIENT_PREFIX = b"p"
 MARKER_PREFIX = b"m"
-LINE = "line"
 
 
 def patient_key(patient_id: str) -> bytes:
@@ -48,16 +46,12 @@ def marker_key(partition: int) -> bytes:
 
 
 @dataclass(slots=True)
-class Output:
-    """One message to produce: kind is 'line', 'alert' or 'dead'."""
+class Decided:
+    """One decision of the engine, with what the shell needs to produce and measure it."""
 
-    kind: str
-    key: bytes | None
-    value: bytes
-    headers: list
-    record: dict | None = None  # decision dict (lines/alerts) for metrics
-    input_ts: float | None = None  # seconds; for decision latency
-    partition: int = -1
+    decision: Decision
+    input_ts: float | None  # seconds; for decision latency (None: timed work)
+    partition: int  # repartition partition (the metrics' group)
     count_value: bool = True  # False for re-emissions after recovery
 
 
@@ -193,7 +187,7 @@ class Stage2:
         tick: bool,
         batch_us: int,
         now: float,
-        out: list[Output],
+        out: list[Decided],
     ) -> None:
         """Ingest the partition's records (grouped by patient key), then, on a tick, run
         due timed work and pending re-emission. Appends outputs; writes the table."""
@@ -267,7 +261,7 @@ class Stage2:
                 self.metrics.add_open_patient_days(delta)
 
     def _run_due(self, p: PartitionIndex, partition: int, table: TableAccess, batch_us: int,
-                 now: float, out: list[Output]) -> None:
+                 now: float, out: list[Decided]) -> None:
         heap = p.heap
         done = 0
         seen: set[bytes] = set()
@@ -292,7 +286,7 @@ class Stage2:
             done += 1
 
     def _run_pending(self, p: PartitionIndex, partition: int, table: TableAccess, batch_us: int,
-                     now: float, out: list[Output]) -> None:
+                     now: float, out: list[Decided]) -> None:
         n = 0
         while p.pending and n < self.max_pending_per_tick:
             key, reemit = p.pending.popleft()
@@ -323,18 +317,9 @@ class Stage2:
                 group=partition,
             )
 
-    def _decisions(self, decisions, ts: float | None, partition: int, out: list[Output],
+    def _decisions(self, decisions, ts: float | None, partition: int, out: list[Decided],
                    count_value: bool) -> None:
-        dumps = orjson.dumps
-        for d in decisions:
-            v = d.value
-            if d.kind == LINE:
-                out.append(Output("line", d.key.encode(), dumps(v), codecs.LINE_HEADERS, v, ts,
-                                  partition, count_value))
-            else:
-                out.append(Output("alert", d.key.encode(), dumps(v),
-                                  codecs.alert_headers(v.get("work_queue")), v, ts, partition,
-                                  count_value))
+        out.extend(Decided(d, ts, partition, count_value) for d in decisions)
 
     def _count_inputs(self, items: list[Item], outcome) -> None:
         m = self.metrics
@@ -347,31 +332,3 @@ class Stage2:
             m.duplicate(topic, outcome.duplicates)
         if outcome.late:
             m.late(topic, outcome.late)
-
-
-DEAD_HEADERS = [codecs.CONTENT_TYPE, ("schema", b"chargecap.dead-letter.v1")]
-TRUNCATED_RAW_BYTES = 256 * 1024
-
-
-def dead_letter_output(dl: DeadLetter, *, raw: bytes | None, topic: str, partition: int,
-                       offset: int, key: bytes | None) -> Output:
-    value = codecs.dead_letter_value(
-        error_code=dl.error_code, error=dl.error, field=dl.field, raw=raw, topic=topic,
-        partition=partition, offset=offset, key=key,
-    )
-    out = Output("dead", key, value, DEAD_HEADERS)
-    out.record = {"dl": dl, "raw": raw, "topic": topic, "partition": partition,
-                  "offset": offset}
-    return out
-
-
-def truncated_dead_letter(out: Output) -> Output:
-    """The same dead letter with `raw` cut to TRUNCATED_RAW_BYTES (topic refused it)."""
-    r = out.record
-    dl = r["dl"]
-    value = codecs.dead_letter_value(
-        error_code=dl.error_code, error=dl.error, field=dl.field, raw=r["raw"],
-        topic=r["topic"], partition=r["partition"], offset=r["offset"], key=out.key,
-        truncate_to=TRUNCATED_RAW_BYTES,
-    )
-    return Output("dead", out.key, value, DEAD_HEADERS)

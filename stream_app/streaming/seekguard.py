@@ -7,8 +7,8 @@ itself while the flow is paused; `seek`, used by commits.py to re-read a missed 
 resets that read offset. If the seek lands while the loop is half-way through a batch
 fetched *before* it, the rest of the batch moves the read offset past the seek position
 again, and the records the seek was meant to fetch again are dropped as already read.
-Traced in the join/leave rebalance test: a recovering worker reset partition offsets
-mid-batch, and the following batch began five offsets further on.
+The join/leave rebalance test (tests/reliability) catches it: a recovering worker resets
+partition offsets mid-batch, and the following batch begins further on.
 
 The guard: a lock held by the fetch loop from the first record of a batch to the end of
 it, and taken by every seek of stream partitions. Seeks wait at most one batch; the fetch
@@ -21,55 +21,41 @@ records itself, so holding them behind the fetch loop could deadlock it.
 This narrows the ways a record can be fetched and not processed; it does not close them
 all (records fetched while recovery makes streams skip them are another). What makes
 sure none is ever *committed* past is commits.py.
+
+`SeekGuarded` is a mixin over a Faust consumer class (seam/consumer.py puts it in front of
+Faust's aiokafka consumer); it uses only the consumer's public methods.
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
-log = logging.getLogger(__name__)
 
+class SeekGuarded:
+    """Mixin: `getmany` holds `seek_lock` from the first record of a batch to its end;
+    `perform_seek` and `seek` take it."""
 
-class SeekGuard:
-    """Wraps one Faust consumer's `getmany`, `perform_seek` and `seek`."""
-
-    def __init__(self, consumer: Any) -> None:
-        self.consumer = consumer
-        self.lock = asyncio.Lock()
-        self._getmany = consumer.getmany
-        self._perform_seek = consumer.perform_seek
-        self._seek = consumer.seek
-
-    def install(self) -> SeekGuard:
-        c = self.consumer
-        # Instance attributes shadow the methods: Faust looks them up on `self` each call
-        # (and the fetch loop binds `self.getmany` when it starts, after this runs).
-        c.getmany = self.getmany
-        c.perform_seek = self.perform_seek
-        c.seek = self.seek
-        return self
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seek_lock = asyncio.Lock()
 
     async def getmany(self, timeout: float):
         held = False
+        lock = self.seek_lock
         try:
-            async for tp, message in self._getmany(timeout=timeout):
+            async for tp, message in super().getmany(timeout=timeout):
                 if not held:
-                    await self.lock.acquire()
+                    await lock.acquire()
                     held = True
                 yield tp, message
         finally:
             if held:
-                self.lock.release()
+                lock.release()
 
     async def perform_seek(self) -> None:
-        async with self.lock:
-            return await self._perform_seek()
+        async with self.seek_lock:
+            return await super().perform_seek()
 
     async def seek(self, partition, offset: int) -> None:
-        async with self.lock:
-            return await self._seek(partition, offset)
-
-
-def guard_seeks(consumer: Any) -> SeekGuard:
-    return SeekGuard(consumer).install()
+        async with self.seek_lock:
+            return await super().seek(partition, offset)

@@ -2,6 +2,8 @@
 
 Start-up order: settings → rule data (a malformed rule file stops here with
 `FILE:LINE:COLUMN: message` and exit status 2, before anything connects) → engine →
+library versions (other versions of faust-streaming, aiokafka or rocksdict than the seam
+was checked against stop here, exit status 2, streaming/seam) →
 metrics server (`/metrics`, `/healthz` on CHARGECAP_METRICS_ADDR, 127.0.0.1 by default;
 `/healthz` answers 503 until partitions are assigned and table recovery is done) → Faust
 worker. SIGTERM / SIGINT stop it cleanly (in-flight batch finished, offsets committed).
@@ -98,11 +100,11 @@ def build(settings, opts):
     from stream_app.metrics import Metrics
     from stream_app.runtime import build_engine
     from stream_app.streaming.app import ChargecapStreams
+    from stream_app.vocabulary import INPUT_TOPICS, repartition_topic
 
     engine = build_engine(settings)
-    input_topics = [settings.topic(t) for t in
-                    ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")]
-    metrics = Metrics(topics=input_topics + [f"{settings.app_id}-patient-records"])
+    input_topics = [settings.topic(t) for t in INPUT_TOPICS]
+    metrics = Metrics(topics=input_topics + [repartition_topic(settings.app_id)])
     return ChargecapStreams(settings, engine, PatientState, metrics, opts)
 
 
@@ -110,11 +112,15 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     opts = stream_options(args)
     from stream_app.engine import RuleDataError
+    from stream_app.streaming.seam import SeamError
 
     try:
         streams = build(settings, opts)
     except RuleDataError as exc:
         print(f"chargecap worker: invalid rule data: {exc}", file=sys.stderr)
+        return 2
+    except SeamError as exc:  # library versions the worker was not checked against
+        print(f"chargecap worker: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"chargecap worker: cannot load rule data: {exc}", file=sys.stderr)
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import threading
 
-    from stream_app.streaming.app import ensure_internal_topics, output_limits
+    from stream_app.streaming.admin import ensure_internal_topics, output_limits
 
     errors: list[BaseException] = []
 
@@ -153,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 asyncio.run(ensure_internal_topics(settings, opts))
                 streams.set_output_limits(asyncio.run(output_limits(settings)))
                 return
-            except Exception as exc:  # noqa: BLE001 - reported below
+            except Exception as exc:  # reported below
                 if time.monotonic() + delay > deadline:
                     errors.append(exc)
                     return
@@ -197,9 +203,8 @@ def run(args: argparse.Namespace) -> int:
 # 700 net allocations and rescans the start-up heap (rule tables, Faust, modules) on
 # every full pass. Frozen start-up heap, young collections every 10,000 allocations and
 # a full one every ~1M: less worker CPU per event, while the cycles asyncio and the
-# Kafka client do make are still freed regularly (thresholds of (50,000, 20, 100), i.e.
-# almost never a full pass, measured no faster and 2,060 B per open patient-day against
-# a 2,048 B goal; docs/performance.md, "Session 6").
+# Kafka client do make are still freed regularly (higher thresholds, almost never a full
+# pass, were no faster and held more memory per open patient-day; docs/performance.md).
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
@@ -215,7 +220,7 @@ def _close(server) -> None:
         if callable(fn):
             try:
                 fn()
-            except Exception:  # noqa: BLE001
+            except Exception:  # a server that fails to close is not worth a crash
                 pass
             return
 

@@ -59,6 +59,7 @@ class FakeProducer:
     """What send_batched uses of aiokafka's producer; records the submitted batches."""
 
     def __init__(self, batch_size=16 * 1024 * 1024):
+        # the two settings seam.new_batch_builder reads from aiokafka's producer
         self._message_accumulator = SimpleNamespace(_batch_size=batch_size,
                                                     _compression_type=0)
         self.batches: list[tuple[str, int, BatchBuilder]] = []
@@ -71,13 +72,13 @@ class FakeProducer:
         self.batches.append((topic, partition, batch))
         fut = asyncio.get_running_loop().create_future()
         base = self.next_offset.get((topic, partition), 0)
-        self.next_offset[(topic, partition)] = base + batch._relative_offset  # noqa: SLF001
+        self.next_offset[(topic, partition)] = base + batch.record_count()
         fut.set_result(_Future(base))
         return fut
 
 
 def _size(batch: BatchBuilder) -> int:
-    return len(batch._builder.build())  # noqa: SLF001
+    return batch.size()
 
 
 def test_record_batches_stay_within_the_topic_limit():
@@ -88,7 +89,7 @@ def test_record_batches_stay_within_the_topic_limit():
     sizes = [_size(b) for _t, _p, b in producer.batches]
     assert len(sizes) >= 3
     assert max(sizes) <= 1_000_000
-    assert sum(b._relative_offset for *_, b in producer.batches) == 300  # noqa: SLF001
+    assert sum(b.record_count() for *_, b in producer.batches) == 300
     assert [(d.topic, d.partition, d.last_offset) for d in delivered] == [("out", 1, 299)]
 
 

@@ -57,18 +57,29 @@ def test_nothing_acknowledged_nothing_to_commit():
 # -------------------------------------------------------------------- StrictCommits
 
 
-class StandInConsumer:
-    """The attributes of Faust's consumer that the strict commit reads and writes."""
+class Ledger:
+    """A consumer's bookkeeping as StrictCommits reads it (the worker's consumer gives
+    Faust's own through the same methods; tests/streaming/test_seam.py checks that
+    against the real Faust consumer)."""
 
     def __init__(self, committed: int) -> None:
-        self._acked = defaultdict(list)
-        self._acked_index = defaultdict(set)
-        self._committed_offset = defaultdict(lambda: None, {TP0: committed})
+        self.acked = defaultdict(list)
+        self.index = defaultdict(set)
+        self.committed = {TP0: committed}
         self.seeks: list[tuple[TP, int]] = []
 
     def ack(self, *offsets: int) -> None:
-        self._acked[TP0].extend(offsets)
-        self._acked_index[TP0].update(offsets)
+        self.acked[TP0].extend(offsets)
+        self.index[TP0].update(offsets)
+
+    def acked_offsets(self, tp):
+        return self.acked[tp]
+
+    def acked_index(self, tp):
+        return self.index[tp]
+
+    def committed_offset(self, tp):
+        return self.committed.get(tp)
 
     def assignment(self):
         return {TP0}
@@ -88,7 +99,7 @@ def strict(consumer, kafka_holds):
             return None
         return [o for o in kafka_holds if start <= o < stop], stop
 
-    return StrictCommits(consumer, audit).install(), audits
+    return StrictCommits(audit).bind(consumer), audits
 
 
 async def settle(commits: StrictCommits) -> None:
@@ -97,46 +108,40 @@ async def settle(commits: StrictCommits) -> None:
 
 
 async def test_a_missed_record_is_read_again_and_not_committed_past():
-    consumer = StandInConsumer(committed=26)
+    consumer = Ledger(committed=26)
     commits, audits = strict(consumer, kafka_holds=range(0, 40))  # 26 is a record
     consumer.ack(27, 28, 29)
-    assert consumer._new_offset(TP0) is None
+    assert commits.new_offset(TP0) is None
     await settle(commits)
     assert audits == [(26, 30)]
     assert consumer.seeks == [(TP0, 26)]
     assert commits.rereads == 1
     # the re-read delivers 26 (and 27-29 again); now the run is unbroken
     consumer.ack(26, 27, 28, 29)
-    assert consumer._new_offset(TP0) == 30
-    assert consumer._acked[TP0] == [] and not consumer._acked_index[TP0]
+    assert commits.new_offset(TP0) == 30
+    assert consumer.acked[TP0] == [] and not consumer.index[TP0]
 
 
 async def test_a_hole_without_records_is_confirmed_then_crossed():
-    consumer = StandInConsumer(committed=26)
+    consumer = Ledger(committed=26)
     # 26 and 29 are transaction markers: no records there
     commits, audits = strict(consumer, kafka_holds=[27, 28, 30, 31])
     consumer.ack(27, 28, 30, 31)
-    assert consumer._new_offset(TP0) is None
+    assert commits.new_offset(TP0) is None
     await settle(commits)
     assert consumer.seeks == [] and commits.holes_confirmed == 1
     assert audits == [(26, 32)]  # one audit clears both markers
-    assert consumer._new_offset(TP0) == 32
+    assert commits.new_offset(TP0) == 32
 
 
 async def test_an_unanswered_audit_keeps_the_commit_back():
-    consumer = StandInConsumer(committed=26)
+    consumer = Ledger(committed=26)
     commits, _ = strict(consumer, kafka_holds=None)  # the broker did not answer in time
     consumer.ack(27)
-    assert consumer._new_offset(TP0) is None
+    assert commits.new_offset(TP0) is None
     await settle(commits)
     assert consumer.seeks == []
-    assert consumer._new_offset(TP0) is None
-
-
-async def test_faust_gap_tracking_is_switched_off():
-    consumer = StandInConsumer(committed=26)
-    strict(consumer, kafka_holds=range(0, 40))
-    assert await consumer._add_gap(TP0, 27, 30) is None
+    assert commits.new_offset(TP0) is None
 
 
 def test_confirmed_empty_is_the_complement_of_the_records_read():

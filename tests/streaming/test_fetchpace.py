@@ -1,12 +1,15 @@
 """fetchpace.py: fetches are held while records flow and answered at once after a quiet
-spell (a fixed hold made an idle worker poll every few milliseconds)."""
+spell (a fixed hold made an idle worker poll every few milliseconds). seam.pace_fetcher
+applies the policy to a fetcher; tests/streaming/test_seam.py checks that the worker's
+real consumer gets it."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from stream_app.streaming.fetchpace import FetchPace, pace_fetches
+from stream_app.streaming.fetchpace import FetchPace
+from stream_app.streaming.seam import pace_fetcher
 
 
 class FakeFetcher:
@@ -20,24 +23,39 @@ class FakeFetcher:
         self.sent_with = []
 
     async def _proc_fetch_request(self, assignment, node_id, request):
-        self.sent_with.append((self._fetch_min_bytes, self._fetch_max_wait_ms))
+        self.sent_with.append(self.current())
         return self.responses.pop(0)
+
+    async def fetch(self):
+        return await self._proc_fetch_request(None, 0, None)
+
+    def current(self) -> tuple[int, int]:
+        return self._fetch_min_bytes, self._fetch_max_wait_ms
+
+    def set(self, min_bytes: int, max_wait_ms: int) -> None:
+        self._fetch_min_bytes, self._fetch_max_wait_ms = min_bytes, max_wait_ms
+
+
+def test_the_policy():
+    pace = FetchPace(16384, 0.005, idle_max_wait=1.5)
+    assert pace.settings(True) == (16384, 5)
+    assert pace.settings(False) == (1, 1500)
 
 
 def test_fetch_settings_follow_the_traffic():
     fetcher = FakeFetcher([True, True, False, False, True])
-    FetchPace(16384, 0.005, idle_max_wait=1.5).install(fetcher)
+    pace_fetcher(fetcher, FetchPace(16384, 0.005, idle_max_wait=1.5))
 
     async def run():
         for _ in range(5):
-            await fetcher._proc_fetch_request(None, 0, None)
+            await fetcher.fetch()
 
     asyncio.run(run())
     idle, busy = (1, 1500), (16384, 5)
     # starts idle; a response with records makes the next request wait for more; an
     # empty one makes it answer at the first byte again
     assert fetcher.sent_with == [idle, busy, busy, idle, idle]
-    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == busy
+    assert fetcher.current() == busy
 
 
 def test_a_failed_fetch_leaves_the_setting_alone():
@@ -46,34 +64,19 @@ def test_a_failed_fetch_leaves_the_setting_alone():
             raise ConnectionError("broker went away")
 
     fetcher = FailingFetcher([])
-    FetchPace(16384, 0.005).install(fetcher)
-    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = 16384, 5
+    pace_fetcher(fetcher, FetchPace(16384, 0.005))
+    fetcher.set(16384, 5)
     with pytest.raises(ConnectionError):  # reaches aiokafka's fetch loop as before
-        asyncio.run(fetcher._proc_fetch_request(None, 0, None))
-    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (16384, 5)
+        asyncio.run(fetcher.fetch())
+    assert fetcher.current() == (16384, 5)
 
 
-async def test_the_worker_consumer_is_paced_once_started(monkeypatch):
-    """The wrapper reaches the consumer Faust builds, and the fetcher it creates at start."""
-    import aiokafka
+def test_a_fetcher_without_the_settings_is_refused():
+    from stream_app.streaming.seam import SeamError
 
-    from stream_app.config import Settings
-    from stream_app.streaming.app import StreamOptions, build_faust_app
+    class Renamed:
+        async def _proc_fetch_request(self, assignment, node_id, request):
+            return True
 
-    async def fake_start(self):  # aiokafka's start() connects, then creates the fetcher
-        self._fetcher = FakeFetcher([True])
-
-    monkeypatch.setattr(aiokafka.AIOKafkaConsumer, "start", fake_start)
-    app = build_faust_app(Settings(broker="kafka://127.0.0.1:1", store="memory://"),
-                          StreamOptions())
-    pace_fetches(app, FetchPace(32768, 0.015))
-    thread = app.consumer._thread
-    consumer = thread._create_worker_consumer(thread.transport)
-    try:
-        await consumer.start()
-        fetcher = consumer._fetcher
-        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, 1500)
-        await fetcher._proc_fetch_request(None, 0, None)  # brought records
-        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (32768, 15)
-    finally:
-        await consumer._client.close()
+    with pytest.raises(SeamError, match="_fetch_min_bytes"):
+        pace_fetcher(Renamed(), FetchPace(16384, 0.005))

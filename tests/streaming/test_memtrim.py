@@ -58,12 +58,12 @@ def test_zero_interval_or_no_malloc_trim_starts_no_thread():
         raise AssertionError("must not be called")
 
     off = MemoryTrimmer(0, trim).start()
-    assert off._thread is None
+    assert off.thread is None
     off.stop()
     missing = MemoryTrimmer(0.01, None)
     missing.trim = None  # as on a C library without malloc_trim
     missing.start()
-    assert missing._thread is None
+    assert missing.thread is None
 
 
 def test_a_failing_trim_is_logged_once_and_not_retried(caplog):
@@ -77,6 +77,6 @@ def test_a_failing_trim_is_logged_once_and_not_retried(caplog):
 
     t = MemoryTrimmer(0.01, trim).start()
     assert failed.wait(5)
-    t._thread.join(5)
-    assert not t._thread.is_alive() and len(calls) == 1
+    t.thread.join(5)
+    assert not t.thread.is_alive() and len(calls) == 1
     assert "malloc_trim failed" in caplog.text

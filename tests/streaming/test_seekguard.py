@@ -1,15 +1,16 @@
-"""SeekGuard on a stand-in consumer: a seek never lands in the middle of a batch. (The
+"""SeekGuarded over a stand-in consumer: a seek never lands in the middle of a batch. (The
+worker's consumer is SeekGuarded over Faust's, tests/streaming/test_seam.py; the
 end-to-end proof is the join/leave rebalance test in tests/reliability/test_faults.py
 against the real broker.)"""
 from __future__ import annotations
 
 import asyncio
 
-from stream_app.streaming.seekguard import guard_seeks
+from stream_app.streaming.seekguard import SeekGuarded
 
 
-class StandInConsumer:
-    """Just the surface SeekGuard wraps: `getmany` yields (tp, offset) from the current
+class PlainConsumer:
+    """Just the surface SeekGuarded wraps: `getmany` yields (tp, offset) from the current
     position; `perform_seek`/`seek` move the position back."""
 
     def __init__(self, records: int) -> None:
@@ -38,6 +39,10 @@ class StandInConsumer:
         self.position = offset
 
 
+class StandInConsumer(SeekGuarded, PlainConsumer):
+    pass
+
+
 async def drain(consumer, delivered: list[int], per_record=None) -> None:
     """Faust's fetch loop in miniature: one `getmany` batch after another."""
     for _ in range(4):
@@ -50,7 +55,6 @@ async def drain(consumer, delivered: list[int], per_record=None) -> None:
 
 async def test_a_seek_waits_for_the_batch_in_hand():
     consumer = StandInConsumer(records=3)
-    guard_seeks(consumer)
     delivered: list[int] = []
     in_batch = asyncio.Event()
     go_on = asyncio.Event()
@@ -74,7 +78,6 @@ async def test_a_seek_waits_for_the_batch_in_hand():
 
 async def test_a_seek_while_a_fetch_is_in_flight_goes_first_and_the_batch_stays_whole():
     consumer = StandInConsumer(records=3)
-    guard_seeks(consumer)
     consumer.release_fetch.clear()
     delivered: list[int] = []
     loop = asyncio.create_task(drain(consumer, delivered))
@@ -92,8 +95,7 @@ async def test_a_seek_while_a_fetch_is_in_flight_goes_first_and_the_batch_stays_
 
 async def test_without_seeks_every_record_goes_out_once_in_order():
     consumer = StandInConsumer(records=7)
-    guard = guard_seeks(consumer)
     delivered: list[int] = []
     await drain(consumer, delivered)
     assert delivered == list(range(7))
-    assert not guard.lock.locked()
+    assert not consumer.seek_lock.locked()

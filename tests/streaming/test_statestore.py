@@ -1,4 +1,4 @@
-"""statestore.py: the patient-state table's RocksDB databases skip RocksDB's write-ahead log
+"""seam/store.py: the patient-state table's RocksDB databases skip RocksDB's write-ahead log
 (the changelog topic is the log) and come back after a crash as a prefix of their writes,
 persisted changelog offset included. Real Faust RocksDB stores in a tmp dir, no Kafka."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import faust
 import pytest
 
 from stream_app.streaming.app import ROCKSDB_OPTIONS
-from stream_app.streaming.statestore import changelog_is_the_wal, partition_db
+from stream_app.streaming.seam import changelog_is_the_wal, partition_db
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ _CRASHING_WRITER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {repo!r})
     from tests.streaming.test_statestore import _store
-    from stream_app.streaming.statestore import changelog_is_the_wal, partition_db
+    from stream_app.streaming.seam import changelog_is_the_wal, partition_db
     import faust
     store = _store(__import__("pathlib").Path({datadir!r}))
     changelog_is_the_wal(store)

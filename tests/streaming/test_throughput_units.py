@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from stream_app.streaming import codecs, fastpath
+from stream_app.streaming import codecs
+from stream_app.streaming.seam import delivery_can_block
 
 # ---------------------------------------------------------------------- bundles
 
@@ -43,10 +44,6 @@ def test_a_truncated_bundle_raises_instead_of_inventing_records(cut):
         list(codecs.iter_bundle(value[:-cut]))
 
 
-
-
-
-
 # ---------------------------------------------------------------------- fast path guard
 
 
@@ -65,7 +62,7 @@ def _queue(full: bool):
 
 
 def test_delivery_cannot_block_in_the_steady_state():
-    assert not fastpath._can_block(_app(queues=[_queue(False), None]))
+    assert not delivery_can_block(_app(queues=[_queue(False), None]))
 
 
 @pytest.mark.parametrize("app", [
@@ -75,12 +72,4 @@ def test_delivery_cannot_block_in_the_steady_state():
     _app(queues=[_queue(False), _queue(True)]),  # one stream queue full
 ], ids=["lock", "flow", "producer-buffer", "queue-full"])
 def test_any_blocking_condition_takes_fausts_own_path(app):
-    assert fastpath._can_block(app)
-
-
-def test_an_unchecked_faust_version_is_left_alone(monkeypatch):
-    monkeypatch.setattr(fastpath.faust, "__version__", "0.0.1")
-    sentinel = object()
-    app = SimpleNamespace(consumer=SimpleNamespace(_drain_messages=sentinel))
-    assert fastpath.install(app) is False
-    assert app.consumer._drain_messages is sentinel
+    assert delivery_can_block(app)

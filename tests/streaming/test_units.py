@@ -1,5 +1,6 @@
-"""Unit tests of the streaming plumbing (no broker): codecs, app config, stage 2 core,
-start-up failure on bad rule data."""
+"""Unit tests of the streaming plumbing (no broker): codecs, dead letters, app config,
+stage 1 routing, stage 2 core and batch (engine failures included), start-up failure on
+bad rule data."""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ import pytest
 from stream_app.config import Settings
 from stream_app.engine import DeadLetter, Decision, Outcome
 from stream_app.streaming import codecs
+from stream_app.streaming.deadletters import (
+    RECORD_OVERHEAD,
+    dead_letter_output,
+    fit_dead_letter,
+    truncated_dead_letter,
+)
 from stream_app.streaming.processor import (
     Item,
     Stage2,
     TableAccess,
-    dead_letter_output,
     marker_key,
     patient_key,
-    truncated_dead_letter,
 )
+from stream_app.vocabulary import TOO_LARGE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,6 +70,17 @@ def test_truncated_dead_letter_says_so():
     t = orjson.loads(truncated_dead_letter(out).value)
     assert t["raw_truncated"] is True and t["raw_size"] == 600_000
     assert len(t["raw"]) < 600_000
+
+
+def test_a_dead_letter_is_truncated_only_when_the_topic_would_refuse_it():
+    out = dead_letter_output(DeadLetter(TOO_LARGE, "big", None), raw=b"a" * 600_000,
+                             topic="t", partition=0, offset=1, key=b"k")
+    assert fit_dead_letter(out, 1_000_000) is out
+    fitted = orjson.loads(fit_dead_letter(out, 600_000).value)
+    assert fitted["raw_truncated"] is True and fitted["raw_size"] == 600_000
+    # the limit counts the record's framing as well as its value
+    assert fit_dead_letter(out, len(out.value) + RECORD_OVERHEAD) is out
+    assert fit_dead_letter(out, len(out.value) + RECORD_OVERHEAD - 1) is not out
 
 
 # ---------------------------------------------------------------------- Faust app config
@@ -189,7 +206,7 @@ def test_stage2_ingest_due_work_and_recovery():
              Item(_Rec("P1", "e1"), 0, 1.0)]
     us = s2.batch_us()
     s2.process_partition(0, table, {patient_key("P1"): items}, False, us, 100.0, out)
-    assert [o.key for o in out] == [b"L-e1", b"L-e2"]
+    assert [o.decision.key for o in out] == ["L-e1", "L-e2"]
     assert codecs.decode_state_header(table.data[patient_key("P1")])[0] == 101.0
     assert s2.parts[0].open_days == 1
     # a tick before the due time does nothing, after it runs advance once
@@ -197,7 +214,7 @@ def test_stage2_ingest_due_work_and_recovery():
     s2.process_partition(0, table, {}, True, s2.batch_us(), 100.5, out)
     assert out == []
     s2.process_partition(0, table, {}, True, s2.batch_us(), 101.5, out)
-    assert [o.record["final"] for o in out] == [True, True]
+    assert [o.decision.value["final"] for o in out] == [True, True]
     assert s2.parts[0].open_days == 0
     # outputs acknowledged -> marker written on the next batch of the partition
     s2.outputs_acked([0], us)
@@ -298,16 +315,3 @@ def test_kafka_client_log_flood_is_rate_limited():
     t[0] = 10.0
     r = rec()
     assert flt.filter(r) and "500 similar messages suppressed" in r.msg
-
-
-async def test_worker_producer_is_idempotent_without_exactly_once():
-    """Retries after a broker failure must not duplicate outputs (equal revisions)."""
-    from stream_app.config import Settings
-    from stream_app.streaming.app import StreamOptions, build_faust_app, make_producer_idempotent
-
-    app = build_faust_app(Settings(broker="kafka://127.0.0.1:1", store="memory://"),
-                          StreamOptions())
-    make_producer_idempotent(app)
-    producer = app.producer._new_producer()
-    assert producer._txn_manager is not None  # idempotence on: sequence numbers per partition
-    assert app.conf.processing_guarantee.value == "at_least_once"

@@ -64,11 +64,23 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[Import
     return out
 
 
+def _type_checking_only(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` blocks never run: their imports are for the type checker."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _walk(tree: ast.Module):
-    """(node, True unless inside a function: a lazy import) for every node."""
+    """(node, True unless inside a function: a lazy import) for every node that runs."""
     stack: list[tuple[ast.AST, bool]] = [(tree, True)]
     while stack:
         node, top = stack.pop()
+        if _type_checking_only(node):
+            stack.extend((child, top) for child in node.orelse)
+            continue
         yield node, top
         inner = top and not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         stack.extend((child, inner) for child in ast.iter_child_nodes(node))

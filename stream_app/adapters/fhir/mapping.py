@@ -63,7 +63,7 @@ from stream_app.adapters.fhir._model import (
     version_ref,
 )
 from stream_app.adapters.site import SiteConfig
-from stream_app.engine.normalise import ndc_to_11, normalize_route, zone
+from stream_app.engine import ndc_to_11, normalize_route, zone
 from stream_app.vocabulary import (
     ADMINISTRATION,
     COMPLETED,

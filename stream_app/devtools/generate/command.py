@@ -74,9 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop producing after this long")
     o.add_argument("--summary", action="store_true",
                    help="print counts by kind to stderr (no ids)")
-    known = {a for action in parser._actions for a in action.option_strings}
-    if "--broker" not in known:
-        add_settings_arguments(parser)
+    add_settings_arguments(parser)
 
 
 def _settings(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:

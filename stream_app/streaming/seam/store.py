@@ -1,4 +1,4 @@
-"""The patient-state table's RocksDB databases, written the way a changelogged store can be.
+"""The patient-state table's RocksDB databases, and Faust's current-event context.
 
 Faust keeps one RocksDB database per table partition and writes every change twice: to
 RocksDB (with RocksDB's own write-ahead log) and to the table's changelog topic, which
@@ -8,16 +8,22 @@ memtables flushed so far; one column family, flushed in order), and that prefix 
 Faust's "changelog offset persisted" key as it was at the same point, so recovery reads
 the changelog from there and restores the rest (Kafka Streams disables RocksDB's log for
 the same reason). A clean stop flushes the memtables. Without the log a state write
-costs ~7 µs instead of ~14 µs for a 5 kB value on this machine, and no disk write.
+costs about half as much and no disk write (docs/performance.md).
 
 Stage 2 also reads and writes the databases directly: it always knows the partition of
 the key it touches, so Faust's per-call current-event lookup and key index are not
-needed (`partition_db`).
+needed (`partition_db`). With the memory store it goes through the table, which takes
+the partition from Faust's current event (`set_current_event`).
 """
 
 from __future__ import annotations
 
+import weakref
+
+from faust import streams as faust_streams
 from faust.stores.rocksdb import Store as RocksDBStore
+
+from stream_app.streaming.seam.patch import replace, require
 
 
 def _is_rocksdict_store(store) -> bool:
@@ -31,11 +37,12 @@ def changelog_is_the_wal(store) -> bool:
     stores (`memory://`)."""
     if not _is_rocksdict_store(store):
         return False
-    if getattr(store, "_dbs", None):
+    require(store, "_dbs")
+    if store._dbs:
         raise RuntimeError("changelog_is_the_wal: a partition database is already open")
     from rocksdict import WriteOptions
 
-    open_db = store._open_for_partition  # noqa: SLF001 - Faust has no hook for this
+    open_db = store._open_for_partition
 
     def open_without_wal(partition: int):
         db = open_db(partition)
@@ -44,7 +51,7 @@ def changelog_is_the_wal(store) -> bool:
         db.set_write_options(opts)
         return db
 
-    store._open_for_partition = open_without_wal  # noqa: SLF001
+    replace(store, "_open_for_partition", open_without_wal)
     return True
 
 
@@ -53,4 +60,9 @@ def partition_db(store, partition: int):
     store is not RocksDB."""
     if not _is_rocksdict_store(store):
         return None
-    return store._db_for_partition(partition)  # noqa: SLF001
+    return store._db_for_partition(partition)
+
+
+def set_current_event(event) -> None:
+    """Make `event` Faust's current event (tables take the partition from it)."""
+    faust_streams._current_event.set(weakref.ref(event))
