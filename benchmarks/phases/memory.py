@@ -8,7 +8,7 @@ from pathlib import Path
 from phases.common import SEED, Probe, metric_sum, prefixed, produce_all, rss_of, wait_topics
 from phases.worker import Worker
 from stream_app.devtools.generate import generate_stream
-from stream_app.engine.records import DeadLetter, parse_record
+from stream_app.engine import DeadLetter, parse_record
 from stream_app.topics import apply_topics
 from stream_app.vocabulary import INPUT_TOPICS, OUTPUT_TOPICS
 
