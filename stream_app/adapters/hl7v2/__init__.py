@@ -83,7 +83,7 @@ def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
     reached = "MSH"
     try:
         try:
-            msg = parse_message(unit.raw)
+            msg = parse_message(unit.text)
         except EncodingRefused as exc:
             dead.append(AdapterDeadLetter(INVALID_ENCODING, str(exc), "MSH-18", unit.raw))
             return

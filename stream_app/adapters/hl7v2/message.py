@@ -48,10 +48,20 @@ class MessageRefused(ValueError):
 @dataclass(frozen=True, slots=True)
 class Unit:
     """One input unit cut from the bytes: a message (starts with MSH) or bytes that are not
-    part of any message (`orphan`: segments before the first MSH)."""
+    part of any message (`orphan`: segments before the first MSH of a frame).
+
+    `raw` is the original bytes (all of them when the input holds one message, else the
+    message's own slice); `text` the segments joined by `\\r`, ready to decode and parse.
+    """
 
     raw: bytes
+    text: bytes
     orphan: bool = False
+
+
+# A segment ends at CR, LF or CRLF; an MLLP start or end byte also ends it and closes the
+# message (several frames are several messages, a message never spans frames).
+_SEGMENT = re.compile(rb"([^\r\n\x0b\x1c]*)(\r\n|\r|\n|[\x0b\x1c]|$)")
 
 
 def split_messages(data: bytes) -> list[Unit]:
@@ -60,34 +70,43 @@ def split_messages(data: bytes) -> list[Unit]:
     Segments before the first MSH of a frame (and that are not envelope segments) come
     back as one orphan unit, so that nothing is dropped silently.
     """
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM):]
     units: list[Unit] = []
-    # Every MLLP start or end byte closes what came before it: several frames are
-    # several messages, and a message never spans a frame boundary.
-    for frame in re.split(rb"[\x0b\x1c]", data):
-        current: list[bytes] | None = None
-        orphan: list[bytes] = []
-        for segment in frame.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r"):
-            if not segment.strip():
-                continue
-            if segment.startswith(UTF8_BOM):
-                segment = segment[len(UTF8_BOM):]
+    current: list[tuple[int, int, bytes]] = []
+    orphan: list[tuple[int, int, bytes]] = []
+
+    def close(parts: list[tuple[int, int, bytes]], is_orphan: bool) -> None:
+        if parts:
+            units.append(Unit(raw=data[parts[0][0]:parts[-1][1]],
+                              text=b"\r".join(p[2] for p in parts) + b"\r", orphan=is_orphan))
+
+    pos = 0
+    size = len(data)
+    while pos <= size:
+        m = _SEGMENT.match(data, pos)
+        segment, ender = m.group(1), m.group(2)
+        seg_start = pos
+        pos = m.end() if m.end() > pos else size + 1
+        if seg_start == 0 and segment.startswith(UTF8_BOM):
+            segment = segment[len(UTF8_BOM):]
+        if segment.strip():
             head = segment[:3]
             if head in ENVELOPE_SEGMENTS:
-                continue
-            if head == b"MSH":
-                if current:
-                    units.append(Unit(b"\r".join(current) + b"\r"))
-                current = [segment]
-            elif current is None:
-                orphan.append(segment)
+                pass
+            elif head == b"MSH":
+                close(orphan, True)
+                orphan = []
+                close(current, False)
+                current = [(seg_start, m.end(1), segment)]
+            elif current:
+                current.append((seg_start, m.end(1), segment))
             else:
-                current.append(segment)
-        if orphan:
-            units.append(Unit(b"\r".join(orphan) + b"\r", orphan=True))
-        if current:
-            units.append(Unit(b"\r".join(current) + b"\r"))
+                orphan.append((seg_start, m.end(1), segment))
+        if ender in (MLLP_START, MLLP_END) or not ender:
+            close(orphan, True)
+            close(current, False)
+            orphan, current = [], []
+    if len(units) == 1:
+        units[0] = Unit(raw=data, text=units[0].text, orphan=units[0].orphan)
     return units
 
 
