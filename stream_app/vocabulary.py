@@ -45,6 +45,11 @@ EVENT_TYPE_TOPICS = {
     DISPENSE: TOPIC_DISPENSES,
 }
 
+# EHR input (ehr-mapping.md §2): the encounter context record the FHIR and HL7 v2
+# adapters produce and canonical producers may send on `ehr.encounters`.
+ENCOUNTER_UPDATED = "encounter.updated"
+EHR_EVENT_TYPES = (*EVENT_TYPES, ENCOUNTER_UPDATED)
+
 COMPLETED = "completed"
 ENTERED_IN_ERROR = "entered-in-error"
 
@@ -124,6 +129,10 @@ REASON_CODES = (
     DRUG_UNITS_UNKNOWN, ADDON_WITHOUT_PRIMARY, FACILITY_ONLY_CODE,
 )
 
+# ehr-mapping.md §2: a settled administration or E/M record still lacks place of service
+# or payer class. Not in REASON_CODES until rules/reason_codes.csv has its row.
+ENCOUNTER_CONTEXT_MISSING = "ENCOUNTER_CONTEXT_MISSING"
+
 # Reasons whose severity is decided per case (MAI; a frequency-limit row); every other
 # reason has the one severity of its reason_codes.csv row.
 VARIABLE_SEVERITY_REASONS = (MUE_EXCEEDED, FREQUENCY_LIMIT)
@@ -146,28 +155,20 @@ DEAD_LETTER_CODES = (INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE,
                      INVALID_TIMESTAMP, UNKNOWN_EVENT_TYPE, TOO_LARGE, INVALID_ENCODING,
                      PROCESSING_ERROR)
 
-# --------------------------------------------------------------------------- EHR input (ehr-mapping.md)
-
-TOPIC_EHR_FHIR = "ehr.fhir"
-TOPIC_EHR_HL7V2 = "ehr.hl7v2"
-TOPIC_ENCOUNTERS = "ehr.encounters"
-
-# ehr-mapping.md §2: the visit context the adapters feed the engine.
-ENCOUNTER_UPDATED = "encounter.updated"
-
-# ehr-mapping.md §5: dead-letter codes of the FHIR and HL7 v2 adapters.
+# ehr-mapping.md §5: the FHIR and HL7 v2 adapters' refusals. Those marked "not a sender
+# error" refuse input that is valid but carries nothing billable yet.
 FHIR_INVALID = "FHIR_INVALID"
-FHIR_UNSUPPORTED_RESOURCE = "FHIR_UNSUPPORTED_RESOURCE"
+FHIR_UNSUPPORTED_RESOURCE = "FHIR_UNSUPPORTED_RESOURCE"  # not a sender error
 FHIR_UNSUPPORTED_BUNDLE_TYPE = "FHIR_UNSUPPORTED_BUNDLE_TYPE"
 FHIR_REFERENCE_UNRESOLVED = "FHIR_REFERENCE_UNRESOLVED"
-FHIR_STATUS_NOT_FINAL = "FHIR_STATUS_NOT_FINAL"
-FHIR_NOT_BILLABLE = "FHIR_NOT_BILLABLE"
-FHIR_DELETE_UNMAPPABLE = "FHIR_DELETE_UNMAPPABLE"
+FHIR_STATUS_NOT_FINAL = "FHIR_STATUS_NOT_FINAL"  # not a sender error
+FHIR_NOT_BILLABLE = "FHIR_NOT_BILLABLE"  # not a sender error
+FHIR_DELETE_UNMAPPABLE = "FHIR_DELETE_UNMAPPABLE"  # not a sender error
 HL7_INVALID = "HL7_INVALID"
-HL7_UNSUPPORTED_MESSAGE = "HL7_UNSUPPORTED_MESSAGE"
+HL7_UNSUPPORTED_MESSAGE = "HL7_UNSUPPORTED_MESSAGE"  # not a sender error
 HL7_MISSING_FIELD = "HL7_MISSING_FIELD"
 HL7_INVALID_TIMESTAMP = "HL7_INVALID_TIMESTAMP"
-HL7_NOT_BILLABLE = "HL7_NOT_BILLABLE"
+HL7_NOT_BILLABLE = "HL7_NOT_BILLABLE"  # not a sender error
 INCONSISTENT_FIELD = "INCONSISTENT_FIELD"
 
 ADAPTER_DEAD_LETTER_CODES = (
@@ -176,8 +177,7 @@ ADAPTER_DEAD_LETTER_CODES = (
     HL7_INVALID, HL7_UNSUPPORTED_MESSAGE, HL7_MISSING_FIELD, HL7_INVALID_TIMESTAMP,
     HL7_NOT_BILLABLE, INCONSISTENT_FIELD,
 )
-# Refusals that are not errors of the sender (counted apart in the metrics, ehr-mapping §5).
-NOT_SENDER_ERROR_CODES = (
-    FHIR_UNSUPPORTED_RESOURCE, FHIR_STATUS_NOT_FINAL, FHIR_NOT_BILLABLE, FHIR_DELETE_UNMAPPABLE,
-    HL7_UNSUPPORTED_MESSAGE, HL7_NOT_BILLABLE,
-)
+# Refusals of valid input that carries nothing billable (yet): counted apart from sender
+# errors on dashboards.
+NOT_SENDER_ERRORS = (FHIR_UNSUPPORTED_RESOURCE, FHIR_STATUS_NOT_FINAL, FHIR_NOT_BILLABLE,
+                     FHIR_DELETE_UNMAPPABLE, HL7_UNSUPPORTED_MESSAGE, HL7_NOT_BILLABLE)

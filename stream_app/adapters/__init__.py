@@ -1,7 +1,9 @@
-"""EHR input adapters: FHIR R4 and HL7 v2 units → canonical records (ehr-mapping.md §1).
+"""EHR input adapters (ehr-mapping.md §1): FHIR R4 and HL7 v2 input units -> canonical
+records (contract.md §2 plus `encounter.updated`) and dead letters.
 
-An adapter is a pure function *input unit → records + dead letters*: no clock, network or
-state between units. Both adapters return the same `Adapted` shape.
+An adapter is a pure function of one input unit and the site configuration (`site.py`):
+no clock, network or state between units. It never raises: what it cannot use becomes an
+`AdapterDeadLetter` naming the mapping's code and the path of the offending element.
 """
 
 from __future__ import annotations
@@ -22,3 +24,6 @@ class Adapted:
     records: list[dict]            # canonical records (contract §2 + encounter.updated), JSON-ready,
                                    # each with a "source" object {"format", "ref", "warnings"}
     dead_letters: list[AdapterDeadLetter]
+
+
+__all__ = ["Adapted", "AdapterDeadLetter"]
