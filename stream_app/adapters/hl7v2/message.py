@@ -30,7 +30,12 @@ CHARSETS = {"": "utf-8", "UNICODE UTF-8": "utf-8", "8859/1": "latin-1", "ASCII":
 REFUSED_CHARSETS = ("UNICODE", "UNICODE UTF-16", "UNICODE UTF-32")
 FALLBACK_CHARSET = "latin-1"
 
-_SEGMENT_NAME = re.compile(rb"[A-Z][A-Z0-9]{2}")
+_SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
+# The segments mapping.py reads. The others (NK1, GT1, AL1, Z-segments...) are checked for
+# a well-formed name but not handed to the parser: building python-hl7's tree is most of
+# the adapter's cost, and the densely filled real-world messages carry many of them.
+MAPPED_SEGMENTS = frozenset({"MSH", "EVN", "PID", "PV1", "IN1", "ORC", "RXA", "RXR", "RXD",
+                             "FT1", "OBX", "DG1", "PRT"})
 
 
 class EncodingRefused(ValueError):
@@ -265,15 +270,21 @@ def parse_message(unit: bytes) -> Message:
         raise MessageRefused("unusable MSH-1/MSH-2 delimiters", "MSH-2")
     delims = Delimiters(field=sep, component=encoding_chars[0], repetition=encoding_chars[1],
                         escape=encoding_chars[2], subcomponent=encoding_chars[3])
+    kept = []
+    for number, line in enumerate(text.rstrip("\r").split("\r"), start=1):
+        name = line[:3]
+        if not _SEGMENT_NAME.fullmatch(name) or (len(line) > 3 and line[3] != sep):
+            raise MessageRefused("unparsable segment", f"segment {number}")
+        if name in MAPPED_SEGMENTS:
+            kept.append(line)
     # python-hl7 reads MSH-2 in its v2.5 order (component, repetition, escape, sub-component);
     # a 5th (v2.7 truncation) character is passed on but never used as a delimiter there.
-    tree = hl7.parse(text.rstrip("\r"))
+    tree = hl7.parse("\r".join(kept))
     segments: list[Segment] = []
     counts: dict[str, int] = {}
     for position, seg in enumerate(tree):
-        name = str(seg[0][0]) if len(seg) and len(seg[0]) else ""
-        if not (len(name) == 3 and _SEGMENT_NAME.fullmatch(name.encode("ascii", "replace"))):
-            raise MessageRefused("unparsable segment", f"segment {position + 1}")
+        head = seg[0]
+        name = head if isinstance(head, str) else str(head[0])
         counts[name] = counts.get(name, 0) + 1
         segments.append(Segment(name, counts[name], position, seg, delims, codec))
     return Message(raw=unit, delimiters=delims, segments=segments, warnings=warnings)
