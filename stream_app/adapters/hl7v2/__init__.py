@@ -13,6 +13,7 @@ a bug to fix, never an answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import date
 from functools import lru_cache
@@ -72,6 +73,11 @@ def adapt(raw: bytes, site, *, default_tz: str = "UTC", rules=None) -> Adapted:
     for unit in units:
         adapt_unit(unit, site, default_tz, is_em, records, dead)
     return Adapted(records, dead)
+
+
+def _printable(code: str) -> str:
+    """A message type or event code as it may appear in an error (short, plain ASCII)."""
+    return re.sub(r"[^A-Z0-9_]", "?", code[:12])
 
 
 def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
@@ -144,7 +150,7 @@ def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
                 records.append(rec)
         else:
             dead.append(AdapterDeadLetter(
-                HL7_UNSUPPORTED_MESSAGE, f"message type {kind}^{event} is not mapped"[:80],
+                HL7_UNSUPPORTED_MESSAGE, f"message type {_printable(kind)}^{_printable(event)} is not mapped",
                 "MSH-9", unit.raw))
     except Exception as exc:  # noqa: BLE001 - the adapter never raises (module docstring)
         dead.append(AdapterDeadLetter(

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from stream_app.adapters.hl7v2.message import Message, Segment
-from stream_app.adapters.hl7v2.timestamps import InvalidTimestamp, Stamp, parse_timestamp, written_date
+from stream_app.adapters.hl7v2.timestamps import (
+    InvalidTimestamp,
+    Stamp,
+    known_zone,
+    parse_timestamp,
+    written_date,
+)
 from stream_app.vocabulary import (
     ADMINISTRATION,
     COMPLETED,
@@ -246,15 +252,18 @@ def ndc11(ndc: str) -> str | None:
 
 def facility_zone(ctx: Context, on: date | None) -> str:
     """`facility_timezone` (§6) by MSH-4.1, then PV1-3.4.1, then the source default, then
-    the configured zone."""
+    the configured zone (UTC if even that is not a zone name)."""
     msh = ctx.msg.first("MSH")
     pv1 = ctx.msg.first("PV1")
     for key in (msh.value(4) if msh else None, pv1.value(3, 1, 4, 1) if pv1 else None):
         if key:
             tz = ctx.site.timezone(SOURCE, key, on)
-            if tz:
+            if tz and known_zone(tz):
                 return tz
-    return ctx.site.timezone(SOURCE, None, on) or ctx.default_tz
+    tz = ctx.site.timezone(SOURCE, None, on)
+    if tz and known_zone(tz):
+        return tz
+    return ctx.default_tz if known_zone(ctx.default_tz) else "UTC"
 
 
 def hard_time(ctx: Context, seg: Segment | None, field_no: int, where: str | None = None) -> Stamp:
@@ -661,8 +670,15 @@ def em_service(ctx: Context, ft1: Segment) -> dict | None:
     code = procedure_code(ft1)
     if not code:
         return None
-    # occurred_at: FT1-4.1 (start of the DR range).
-    start = hard_time(ctx, ft1, 4, ft1.where(4, 1))
+    # occurred_at: FT1-4.1 (start of the DR range). A charge that is not an E/M yields
+    # nothing even when its date is unusable, so the E/M test then takes the MSH-7 date.
+    try:
+        start = hard_time(ctx, ft1, 4, ft1.where(4, 1))
+    except Refusal:
+        msh_date = written_date(msg.first("MSH").value(7))
+        if msh_date is not None and not ctx.em_codes(code, msh_date):
+            return None
+        raise
     on = ctx.on
     if not ctx.em_codes(code, on):
         return None

@@ -52,6 +52,18 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+@lru_cache(maxsize=64)
+def known_zone(name: str | None) -> bool:
+    """True when `name` is an IANA zone this machine can load."""
+    if not name or len(name) > 256 or "\x00" in name:
+        return False
+    try:
+        _zone(name)
+    except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError, IsADirectoryError...
+        return False
+    return True
+
+
 def parse_timestamp(text: str, zone_name: str) -> Stamp:
     """Raises InvalidTimestamp."""
     m = _DTM.fullmatch(text.strip())

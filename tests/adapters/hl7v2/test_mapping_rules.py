@@ -334,3 +334,17 @@ def test_attending_from_a_prt_segment():
                                           5: b"1497758544^Roe^Rita" + b"^" * 10 + b"NPI"})
         + b"\rIN1|")
     assert record(msg)["rendering_npi"] == "1497758544"
+
+
+def test_a_non_em_charge_with_an_unusable_date_yields_nothing():
+    inj = b"FT1|1|FT-1000||2025031x||CG|96372^Injection^C4|||1||||||||||||||96372^Injection^C4"
+    msg = DFT.replace(b"\rFT1|1|", b"\r" + inj + b"\rFT1|2|")
+    assert record(msg)["code"] == "99213"
+    assert refusal(set_field(DFT, b"FT1", 4, b"2025031x")) == (HL7_INVALID_TIMESTAMP, "FT1[1]-4.1")
+
+
+def test_an_unknown_configured_zone_falls_back_to_utc():
+    from stream_app.adapters.site import SiteConfig
+    rec = adapt(RAS, SiteConfig.packaged(), default_tz="Mars/Olympus").records[0]
+    assert rec["facility_timezone"] == "UTC"
+    assert rec["occurred_at"] == "2025-03-14T09:20:00+00:00"
