@@ -35,7 +35,7 @@ from stream_app.vocabulary import (
     INVALID_ENCODING,
 )
 
-__all__ = ["adapt", "split_messages", "INTERNAL_ERROR"]
+__all__ = ["adapt", "looks_like_hl7", "split_messages", "INTERNAL_ERROR"]
 
 INTERNAL_ERROR = "internal error"
 
@@ -53,6 +53,13 @@ def _em_codes(rules) -> Callable[[str, date], bool]:
     return is_em
 
 
+def looks_like_hl7(data: bytes) -> bool:
+    """ehr-mapping §1 content detection: the first non-blank bytes are `MSH`, `FHS`, `BHS`
+    or an MLLP start byte (after an optional UTF-8 byte-order mark)."""
+    head = data[:4096].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    return head[:1] == b"\x0b" or head[:3] in (b"MSH", b"FHS", b"BHS")
+
+
 def adapt(raw: bytes, site, *, default_tz: str = "UTC", rules=None) -> Adapted:
     """Every message of `raw` mapped (ehr-mapping.md §4).
 
@@ -63,12 +70,16 @@ def adapt(raw: bytes, site, *, default_tz: str = "UTC", rules=None) -> Adapted:
     records: list[dict] = []
     dead: list[AdapterDeadLetter] = []
     try:
-        units = split_messages(bytes(raw))
+        data = bytes(raw)
+    except TypeError:
+        data = str(raw).encode("utf-8", "replace")
+    try:
+        units = split_messages(data)
     except Exception as exc:  # noqa: BLE001 - the adapter never raises (module docstring)
         return Adapted([], [AdapterDeadLetter(
-            HL7_INVALID, f"{INTERNAL_ERROR} while framing: {type(exc).__name__}", None, bytes(raw))])
+            HL7_INVALID, f"{INTERNAL_ERROR} while framing: {type(exc).__name__}", None, data)])
     if not units:
-        dead.append(AdapterDeadLetter(HL7_INVALID, "no MSH segment", "MSH", bytes(raw)))
+        dead.append(AdapterDeadLetter(HL7_INVALID, "no MSH segment", "MSH", data))
     is_em = _em_codes(rules)
     for unit in units:
         adapt_unit(unit, site, default_tz, is_em, records, dead)

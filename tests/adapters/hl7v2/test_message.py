@@ -140,3 +140,19 @@ def test_unusable_messages(data):
     out = adapt(data, SiteConfig.packaged())
     assert [d.error_code for d in out.dead_letters] == [HL7_INVALID]
     assert out.dead_letters[0].field is not None
+
+
+def test_v27_truncation_character_is_not_a_delimiter():
+    msg = parse_message(b"MSH|^~\\&#|A|B|C|D|20250101||ADT^A04|1|P|2.7\rPID|1||P#1^^^F^MR\r")
+    assert msg.delimiters == DEFAULT
+    assert msg.first("PID").value(3) == "P#1"
+    assert msg.first("MSH").value(9, 1, 2) == "A04"
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"MSH|^~\\&|", True), (b"\r\n  FHS|^~\\&", True), (b"BHS|", True), (b"\x0bMSH|", True),
+    (b"\xef\xbb\xbfMSH|", True), (b'{"event_type":', False), (b"PID|1", False), (b"", False),
+])
+def test_content_detection(data, expected):
+    from stream_app.adapters.hl7v2 import looks_like_hl7
+    assert looks_like_hl7(data) is expected
