@@ -38,6 +38,7 @@ from stream_app.vocabulary import (
 __all__ = ["adapt", "looks_like_hl7", "split_messages", "INTERNAL_ERROR"]
 
 INTERNAL_ERROR = "internal error"
+HEADER = frozenset({"MSH"})
 
 
 @lru_cache(maxsize=1)
@@ -100,18 +101,27 @@ def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
     reached = "MSH"
     try:
         try:
-            msg = parse_message(unit.text)
+            header = parse_message(unit.text, keep=HEADER)
         except EncodingRefused as exc:
             dead.append(AdapterDeadLetter(INVALID_ENCODING, str(exc), "MSH-18", unit.raw))
             return
         except MessageRefused as exc:
             dead.append(AdapterDeadLetter(HL7_INVALID, str(exc), exc.field, unit.raw))
             return
-        msh = msg.first("MSH")
+        msh = header.first("MSH")
         kind, event = (msh.value(9, 1, 1) or "").upper(), (msh.value(9, 1, 2) or "").upper()
         if not kind:
             dead.append(AdapterDeadLetter(HL7_INVALID, "message type is empty", "MSH-9", unit.raw))
             return
+        family = mapping.MESSAGE_FAMILIES.get((kind, event))
+        if family is None:
+            dead.append(AdapterDeadLetter(
+                HL7_UNSUPPORTED_MESSAGE,
+                f"message type {_printable(kind)}^{_printable(event)} is not mapped",
+                "MSH-9", unit.raw))
+            return
+        # Same bytes, same checks as the header parse: this cannot refuse.
+        msg = parse_message(unit.text, keep=mapping.SEGMENTS_READ[family])
         ctx_args = (msg, site, default_tz, is_em)
 
         def one(producer, build) -> dict | None:
@@ -124,7 +134,7 @@ def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
                 dead.append(AdapterDeadLetter(refusal.code, refusal.error, refusal.where, unit.raw))
                 return None
 
-        if (kind, event) in (("RAS", "O17"), ("VXU", "V04")):
+        if family == "administration":
             rxas = msg.all("RXA")
             if not rxas:
                 dead.append(AdapterDeadLetter(HL7_INVALID, f"{kind}^{event} without RXA", "RXA",
@@ -134,7 +144,7 @@ def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
                 rec = one(rxa, lambda ctx, rxa=rxa: mapping.administration(ctx, rxa, vaccine))
                 if rec:
                     records.append(rec)
-        elif (kind, event) == ("RDS", "O13"):
+        elif family == "dispense":
             rxds = msg.all("RXD")
             if not rxds:
                 dead.append(AdapterDeadLetter(HL7_INVALID, "RDS^O13 without RXD", "RXD", unit.raw))
@@ -142,7 +152,7 @@ def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
                 rec = one(rxd, lambda ctx, rxd=rxd: mapping.dispense(ctx, rxd))
                 if rec:
                     records.append(rec)
-        elif (kind, event) == ("DFT", "P03"):
+        elif family == "em_service":
             ft1s = msg.all("FT1")
             before = len(dead)
             found = []
@@ -155,14 +165,10 @@ def adapt_unit(unit: Unit, site, default_tz: str, is_em, records: list[dict],
                 dead.append(AdapterDeadLetter(
                     HL7_NOT_BILLABLE, "DFT^P03 without an E/M charge (other charges are derived)",
                     "FT1-25" if ft1s else "FT1", unit.raw))
-        elif kind == "ADT" and event in mapping.ADT_CONTEXT_EVENTS | mapping.ADT_WITHDRAW_EVENTS:
+        else:   # family "encounter"
             rec = one(msg.first("PV1"), lambda ctx: mapping.encounter(ctx, event))
             if rec:
                 records.append(rec)
-        else:
-            dead.append(AdapterDeadLetter(
-                HL7_UNSUPPORTED_MESSAGE, f"message type {_printable(kind)}^{_printable(event)} is not mapped",
-                "MSH-9", unit.raw))
     except Exception as exc:  # noqa: BLE001 - the adapter never raises (module docstring)
         dead.append(AdapterDeadLetter(
             HL7_INVALID, f"{INTERNAL_ERROR} at segment {reached}: {type(exc).__name__}",

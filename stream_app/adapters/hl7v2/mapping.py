@@ -122,6 +122,20 @@ ADT_CONTEXT_EVENTS = frozenset({f"A0{n}" for n in range(1, 9)} | {"A13"})
 ADT_WITHDRAW_EVENTS = frozenset({"A11", "A38"})
 ADT_NO_DISCHARGE_EVENTS = frozenset({"A13"})     # cancel discharge: `ended_at` left out
 
+# The segments each message family reads (ehr-mapping §4.3-§4.6); the parser sees no other.
+_COMMON = frozenset({"MSH", "EVN", "PID", "PV1"})
+SEGMENTS_READ = {
+    "administration": _COMMON | {"ORC", "RXA", "RXR", "OBX", "PRT"},
+    "dispense": _COMMON | {"ORC", "RXD"},
+    "em_service": _COMMON | {"FT1", "OBX", "DG1", "IN1"},
+    "encounter": _COMMON | {"IN1", "PRT"},
+}
+MESSAGE_FAMILIES = {
+    ("RAS", "O17"): "administration", ("VXU", "V04"): "administration",
+    ("RDS", "O13"): "dispense", ("DFT", "P03"): "em_service",
+    **{("ADT", event): "encounter" for event in ADT_CONTEXT_EVENTS | ADT_WITHDRAW_EVENTS},
+}
+
 # §6 adapter settings read here, with their defaults.
 DEFAULT_SETTINGS = {
     "patient_id_type": "MR",

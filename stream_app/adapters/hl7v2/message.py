@@ -31,9 +31,7 @@ REFUSED_CHARSETS = ("UNICODE", "UNICODE UTF-16", "UNICODE UTF-32")
 FALLBACK_CHARSET = "latin-1"
 
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
-# The segments mapping.py reads. The others (NK1, GT1, AL1, Z-segments...) are checked for
-# a well-formed name but not handed to the parser: building python-hl7's tree is most of
-# the adapter's cost, and the densely filled real-world messages carry many of them.
+# Every segment mapping.py reads (its SEGMENTS_READ names those of each message family).
 MAPPED_SEGMENTS = frozenset({"MSH", "EVN", "PID", "PV1", "IN1", "ORC", "RXA", "RXR", "RXD",
                              "FT1", "OBX", "DG1", "PRT"})
 
@@ -251,8 +249,14 @@ class Message:
         return None
 
 
-def parse_message(unit: bytes) -> Message:
-    """Decode and parse one message. Raises EncodingRefused or MessageRefused."""
+def parse_message(unit: bytes, keep: frozenset[str] = MAPPED_SEGMENTS) -> Message:
+    """Decode and parse one message. Raises EncodingRefused or MessageRefused.
+
+    Every segment's name is checked, but only the segments named in `keep` are handed to
+    the parser and appear in the Message: building python-hl7's tree is most of the
+    adapter's cost, and densely filled real-world messages carry many segments (NK1, GT1,
+    AL1, Z-segments...) the mapping never reads.
+    """
     codec, warnings = charset_of(unit)
     try:
         text = unit.decode(codec)
