@@ -35,6 +35,9 @@ def check(raw: bytes) -> None:
         assert isinstance(dead.raw, bytes) and (dead.raw or not raw)
     for rec in out.records:
         assert all(rec.get(k) for k in HARD), rec
+        # Absent, never null or empty (ehr-mapping §1: omit what the input does not state).
+        for key, value in [*rec.items(), *rec.get("drug", {}).items()]:
+            assert value is not None and value != "" and value != [], (key, rec)
         encoded = orjson.dumps(rec)
         if rec["event_type"] != ENCOUNTER_UPDATED:
             parsed = parse_record(encoded, default_tz="UTC")

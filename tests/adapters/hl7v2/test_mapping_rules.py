@@ -348,3 +348,13 @@ def test_an_unknown_configured_zone_falls_back_to_utc():
     rec = adapt(RAS, SiteConfig.packaged(), default_tz="Mars/Olympus").records[0]
     assert rec["facility_timezone"] == "UTC"
     assert rec["occurred_at"] == "2025-03-14T09:20:00+00:00"
+
+
+def test_missing_soft_fields_are_left_out_not_refused():
+    msg = set_field(set_field(set_field(RAS, b"RXA", 15, b""), b"RXA", 10, b""), b"RXA", 19, b"")
+    msg = b"\r".join(s for s in msg.split(b"\r") if not s.startswith(b"RXR|"))
+    rec = record(msg)
+    for name in ("route", "site", "performer_id", "performer_credential", "diagnosis_codes"):
+        assert name not in rec
+    assert "lot_number" not in rec["drug"]
+    assert rec["drug"]["hcpcs"] == "J0696"
