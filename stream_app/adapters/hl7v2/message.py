@@ -279,7 +279,7 @@ def parse_message(unit: bytes, keep: frozenset[str] = MAPPED_SEGMENTS) -> Messag
         name = line[:3]
         if not _SEGMENT_NAME.fullmatch(name) or (len(line) > 3 and line[3] != sep):
             raise MessageRefused("unparsable segment", f"segment {number}")
-        if name in MAPPED_SEGMENTS:
+        if name in keep:
             kept.append(line)
     # python-hl7 reads MSH-2 in its v2.5 order (component, repetition, escape, sub-component);
     # a 5th (v2.7 truncation) character is passed on but never used as a delimiter there.

@@ -156,3 +156,11 @@ def test_v27_truncation_character_is_not_a_delimiter():
 def test_content_detection(data, expected):
     from stream_app.adapters.hl7v2 import looks_like_hl7
     assert looks_like_hl7(data) is expected
+
+
+def test_only_the_kept_segments_are_parsed_but_every_name_is_checked():
+    text = MESSAGES[0] + b"NK1|1|DOE^JANE\rZX1|anything\r"
+    assert [s.name for s in parse_message(text, keep=frozenset({"MSH"})).segments] == ["MSH"]
+    assert [s.name for s in parse_message(text).segments] == ["MSH", "EVN", "PID", "PV1", "IN1"]
+    with pytest.raises(MessageRefused):
+        parse_message(text + b"nk2|x\r", keep=frozenset({"MSH"}))
