@@ -83,3 +83,40 @@ def test_without_the_site_rows_the_soft_fields_are_absent_not_guessed():
     assert enc["occurred_at"] == "2025-03-14T09:00:00-06:00"
     # supervising NPI from ORC-12 only with the site setting.
     assert "supervising_npi" not in by_type[ADMINISTRATION]
+
+
+def test_with_the_encounter_context_the_engine_settles_the_example_lines(tmp_path):
+    """The adapted records are canonical records the engine settles to the example's three
+    lines (examples/README.md). The engine does not merge `encounter.updated` yet, so this
+    test applies ehr-mapping §2's merge for the one encounter: an administration or E/M
+    record takes place_of_service, payer_class, facility_timezone and rendering_npi from
+    the encounter where it has none."""
+    from stream_app.replay import replay
+    from tests.engine.builders import engine
+
+    by_type, records = _adapted()
+    enc = by_type[ENCOUNTER_UPDATED]
+    merged = []
+    for rec in records:
+        if rec["event_type"] == ENCOUNTER_UPDATED:
+            continue
+        if rec["event_type"] in (ADMINISTRATION, EM_SERVICE):
+            for name in ("place_of_service", "payer_class", "facility_timezone", "rendering_npi"):
+                if not rec.get(name) and enc.get(name):
+                    rec = {**rec, name: enc[name]}
+        merged.append(rec)
+    path = tmp_path / "office-visit-from-hl7.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in merged) + b"\n")
+    res = replay([str(path)], engine())
+    assert res.dead_letters == []
+    assert [a for a in res.alerts.values() if a["state"] == "open"] == []
+    active = sorted((v for v in res.lines.values() if v["state"] == "active"),
+                    key=lambda v: v["code"])
+    assert [(v["code"], v["modifiers"], v["units"]) for v in active] == [
+        ("96372", [], 1), ("99213", ["25"], 1), ("J0696", [], 2)]
+    drug = active[2]
+    assert (drug["ndc"], drug["ndc_qualifier"], drug["ndc_quantity"], drug["ndc_unit"]) == \
+        ("00409733201", "N4", 1, "UN")
+    for line in active:
+        assert (line["service_date"], line["place_of_service"], line["payer_class"]) == \
+            ("2025-03-14", "11", "commercial")
