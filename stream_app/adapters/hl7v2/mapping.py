@@ -10,6 +10,7 @@ only the hard fields of §4.2 and the per-family refusals of §5 produce dead le
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -21,6 +22,7 @@ from stream_app.adapters.hl7v2.timestamps import (
     parse_timestamp,
     written_date,
 )
+from stream_app.adapters.site import SiteConfig
 from stream_app.vocabulary import (
     ADMINISTRATION,
     COMPLETED,
@@ -169,9 +171,9 @@ class Context:
     configured zone, the engine's E/M code set, and the warnings of the current record."""
 
     msg: Message
-    site: object                  # stream_app.adapters.site.SiteConfig
+    site: SiteConfig
     default_tz: str
-    em_codes: object              # callable (code, date) -> bool
+    em_codes: Callable[[str, date], bool]   # is the code in the rule data's E/M set then
     warnings: list[str] = field(default_factory=list)
     zone: str | None = None       # the zone of the record's hard timestamp
     on: date | None = None        # the date written in it: the site tables' effective date
@@ -417,10 +419,6 @@ def order_id(orc: Segment | None) -> str | None:
     return (orc.value(2) or orc.value(3)) if orc else None
 
 
-def code_map(ctx: Context, name: str, system: str | None, code: str, on: date | None):
-    return ctx.site.code(name, system, code, on)
-
-
 # ----------------------------------------------------------------------------- §4.3 RXA
 
 
@@ -504,7 +502,7 @@ def route_of(ctx: Context, rxr: Segment, on: date) -> str | None:
     if not code:
         return None
     system = system.upper() if system else None
-    mapped = code_map(ctx, "route", system, code, on)   # site rows win over the tables
+    mapped = ctx.site.code("route", system, code, on)   # site rows win over the tables
     if mapped and mapped[0]:
         return mapped[0]
     table = ROUTE_SYSTEMS.get(system)
@@ -517,7 +515,7 @@ def route_of(ctx: Context, rxr: Segment, on: date) -> str | None:
 def dose_unit_of(ctx: Context, code: str | None, on: date) -> tuple[str, float] | None:
     if not code:
         return None
-    mapped = code_map(ctx, "dose_unit", None, code, on)
+    mapped = ctx.site.code("dose_unit", None, code, on)
     if mapped and mapped[0]:
         return mapped[0], mapped[1] or 1.0
     unit = HL7_DOSE_UNITS.get(code.upper())
@@ -599,7 +597,7 @@ def credential_of(ctx: Context, seg: Segment, f: int, on: date) -> str | None:
         raw = seg.value(f, 1, comp)
         if not raw:
             continue
-        mapped = code_map(ctx, "credential", system, raw.strip().upper(), on)
+        mapped = ctx.site.code("credential", system, raw.strip().upper(), on)
         if mapped is None:
             return raw.strip().upper()
         if mapped[0]:
@@ -647,7 +645,7 @@ def dispense(ctx: Context, rxd: Segment) -> dict:
         ctx.warnings.append(f"quantity_unusable:{rxd.where(4)}")
     unit = rxd.value(5, 1, 1)
     if unit:
-        mapped = code_map(ctx, "quantity_unit", None, unit, on)
+        mapped = ctx.site.code("quantity_unit", None, unit, on)
         if mapped and mapped[0]:
             record["quantity_unit"] = mapped[0]
         else:
