@@ -43,8 +43,8 @@ HEADER = frozenset({"MSH"})
 
 @lru_cache(maxsize=1)
 def _packaged_rules():
-    from stream_app.engine import RuleSet
-    return RuleSet.load()
+    from stream_app.rules import load_rules
+    return load_rules(None)
 
 
 def _em_codes(rules) -> Callable[[str, date], bool]:
