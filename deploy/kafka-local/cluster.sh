@@ -15,7 +15,10 @@
 # Ports: broker N listens on KAFKA_CLUSTER_PORT+N-1 (default 19092..19094), its controller
 # on KAFKA_CLUSTER_CONTROLLER_PORT+N-1 (default KAFKA_CLUSTER_PORT+100: 19192..19194).
 # Everything lives in data/cluster-<port>/node<N>/. KAFKA_HEAP_OPTS (default -Xmx384m
-# -Xms128m per node) and KAFKA_START_TIMEOUT (seconds, 120) tune it.
+# -Xms128m per node) and KAFKA_START_TIMEOUT (seconds, 120) tune it;
+# KAFKA_CLUSTER_SESSION_TIMEOUT_MS and KAFKA_CLUSTER_HEARTBEAT_MS override
+# broker.session.timeout.ms / broker.heartbeat.interval.ms (how soon a crashed node is
+# fenced and its partitions get new leaders) when the nodes are next started.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -76,6 +79,14 @@ advertised.listeners=PLAINTEXT://$HOST:$(port_of "$n")
 controller.quorum.voters=$(voters)
 log.dirs=$d/kafka-logs
 PROPS_EOF
+  if [[ -n "${KAFKA_CLUSTER_SESSION_TIMEOUT_MS:-}" ]]; then
+    sed -i '/^broker\.session\.timeout\.ms=/d' "$d/server.properties.tmp"
+    echo "broker.session.timeout.ms=$KAFKA_CLUSTER_SESSION_TIMEOUT_MS" >>"$d/server.properties.tmp"
+  fi
+  if [[ -n "${KAFKA_CLUSTER_HEARTBEAT_MS:-}" ]]; then
+    sed -i '/^broker\.heartbeat\.interval\.ms=/d' "$d/server.properties.tmp"
+    echo "broker.heartbeat.interval.ms=$KAFKA_CLUSTER_HEARTBEAT_MS" >>"$d/server.properties.tmp"
+  fi
   mv "$d/server.properties.tmp" "$d/server.properties"
 }
 
@@ -169,7 +180,7 @@ signal_node() {
   fi
   kill "-$sig" "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null; do
-    if ((waited == 120)); then
+    if ((waited == 300)); then
       say "node $n (pid $pid) still alive after 60s; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -181,12 +192,26 @@ signal_node() {
 }
 
 down() {
-  local n pids=()
+  local n pid waited
   # SIGTERM all first so they shut down together (a lone survivor waits for its quorum)
+  declare -A pids=()
   for n in "${NODES[@]}"; do
-    if pid="$(our_pid "$n")"; then kill -TERM "$pid" 2>/dev/null || true; pids+=("$n"); fi
+    if pid="$(our_pid "$n")"; then kill -TERM "$pid" 2>/dev/null || true; pids[$n]=$pid; fi
   done
-  for n in "${pids[@]}"; do signal_node "$n" TERM; done
+  for n in "${!pids[@]}"; do
+    pid="${pids[$n]}"
+    waited=0
+    while kill -0 "$pid" 2>/dev/null; do
+      if ((waited == 300)); then
+        say "node $n (pid $pid) still alive after 60s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+      sleep 0.2
+      waited=$((waited + 1))
+    done
+    rm -f "$(dir_of "$n")/kafka.pid"
+    say "node $n (pid $pid) stopped"
+  done
   say "down"
 }
 
