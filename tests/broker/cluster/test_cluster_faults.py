@@ -81,6 +81,7 @@ async def _failover_run(cluster, tmp_path, unique_name, name: str, seed: int, fa
         assert worker.proc.poll() is None, "worker stopped during the fault:\n" + worker.tail()
         t = time.monotonic()
         await feeder.wait()
+        feed_done = time.time()
         await reader.wait_settled(timeout=180)
         info["settled_after_fault_s"] = round(time.monotonic() - t, 1)
         assert worker.proc.poll() is None and worker.proc.pid == pid, worker.tail()
@@ -91,8 +92,9 @@ async def _failover_run(cluster, tmp_path, unique_name, name: str, seed: int, fa
         await _assert_all_committed(bs, prefix, app_id)
         if "fault_at" in info:
             start = info.pop("fault_at")
+            # while input still arrives: the gap is the fault's, not the end of the feed
             info["longest_decision_gap_s"] = round(
-                decision_gaps(reader.decided_at_ms, start - 2, start + 25), 1)
+                decision_gaps(reader.decided_at_ms, start - 2, min(start + 25, feed_done)), 1)
         errors = error_lines(worker)
         info["worker_error_lines"] = len(errors)
     finally:
