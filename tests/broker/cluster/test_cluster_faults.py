@@ -44,7 +44,10 @@ from tests.streaming.harness import WorkerProcess, replay_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
-REPLICATED = ["--replication-factor", "3"]
+# The worker's default session timeout (the harness shortens it to 10 s): longer than any
+# election (up to ~12 s when the active controller dies), so a failover does not also
+# end the group session (docs/reliability.md, "Running the worker on a replicated cluster").
+REPLICATED = ["--replication-factor", "3", "--session-timeout", "30"]
 # A line the worker logs at ERROR or CRITICAL, in the worker's and in Faust's format.
 ERROR_LINE = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) |\[(ERROR|CRITICAL)\]", re.MULTILINE)
 
