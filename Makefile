@@ -10,10 +10,16 @@ PY := $(VENV)/bin/python
 KAFKA := deploy/kafka-local/kafka.sh
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
+# The three-node cluster (cluster fault tests): brokers on KAFKA_CLUSTER_PORT..+2,
+# controllers on +100..+102.
+KAFKA_CLUSTER := deploy/kafka-local/cluster.sh
+KAFKA_CLUSTER_PORT ?= 19092
+export KAFKA_CLUSTER_PORT
 PYTEST_ARGS ?=
 
 .PHONY: help bootstrap venv install lock kafka-fetch kafka-up kafka-down kafka-status \
-        prometheus lint test demo bench bench-replay topics
+        kafka-cluster-up kafka-cluster-down kafka-cluster-status \
+        prometheus lint test demo bench bench-replay bench-failover topics
 
 help:
 	@echo "make demo          start Kafka, apply topics, run the end-to-end demo"
@@ -21,9 +27,11 @@ help:
 	@echo "make lint          ruff check"
 	@echo "make kafka-up      start the local Kafka on 127.0.0.1:\$$KAFKA_PORT (default 9092)"
 	@echo "make kafka-down    stop it (only the process kafka-up started)"
+	@echo "make kafka-cluster-up    three KRaft nodes on 127.0.0.1:\$$KAFKA_CLUSTER_PORT..+2 (default 19092)"
+	@echo "make kafka-cluster-down  stop them (only the processes kafka-cluster-up started)"
 	@echo "make kafka-fetch   resolve the Kafka jars from Maven Central"
 	@echo "make lock          refresh requirements.lock from pyproject.toml"
-	@echo "make bench | bench-replay"
+	@echo "make bench | bench-replay | bench-failover"
 
 $(PY):
 	command -v $(PYTHON_BOOT) >/dev/null 2>&1 || { echo "$(PYTHON_BOOT) not found; install Python 3.11: apt-get update && apt-get install -y python3.11 python3.11-venv"; exit 1; }
@@ -56,6 +64,15 @@ kafka-down:
 kafka-status:
 	$(KAFKA) status
 
+kafka-cluster-up: kafka-fetch
+	$(KAFKA_CLUSTER) up
+
+kafka-cluster-down:
+	$(KAFKA_CLUSTER) down
+
+kafka-cluster-status:
+	$(KAFKA_CLUSTER) status
+
 prometheus:
 	command -v promtool >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
@@ -79,3 +96,7 @@ bench: install
 
 bench-replay: install
 	$(PY) benchmarks/bench_replay.py
+
+# Decision stall during a partition-leader failover on the three-node cluster.
+bench-failover: install kafka-fetch
+	$(PY) benchmarks/bench_failover.py

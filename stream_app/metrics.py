@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -58,6 +59,14 @@ REASON_CODES: Mapping[str, tuple[tuple[str, ...], str]] = REASON_ROUTING
 UNKNOWN = "unknown"
 OTHER = "other"
 OUTCOMES: tuple[str, ...] = ("charge_line", "alert")
+# A broker label: a node id, host:port of a bootstrap server, or the two names brokerlog.py
+# uses when the client does not say which node.
+_BROKER_LABEL = re.compile(r"\d{1,9}|[A-Za-z0-9.-]{1,253}:\d{1,5}|coordinator|unnamed")
+# Kinds of retried Kafka client errors (stream_app/streaming/brokerlog.py).
+BROKER_ERROR_KINDS: tuple[str, ...] = (
+    "connection", "node_not_ready", "timeout", "not_leader", "not_enough_replicas",
+    "coordinator", "other",
+)
 
 CODE_FAMILIES: tuple[str, ...] = (
     "96372",
@@ -233,6 +242,13 @@ class Metrics:
             "chargecap_consumer_lag_messages",
             "End offset minus committed offset, per assigned partition.",
             ["topic", "partition"],
+            registry=r,
+        )
+        self.broker_errors = Counter(
+            "chargecap_broker_errors_total",
+            "Kafka client errors the client retries by itself (a broker unreachable, a "
+            "partition leader or group coordinator moving), by broker and kind.",
+            ["broker", "kind"],
             registry=r,
         )
 
@@ -493,6 +509,16 @@ class Metrics:
         """Drop the series of a partition no longer assigned to this worker."""
         with contextlib.suppress(KeyError):
             self.consumer_lag.remove(self.topic_label(topic), str(int(partition)))
+
+    # ---------------------------------------------------------------- broker failover
+
+    def broker_error(self, broker: str, kind: str) -> None:
+        """One retried client error (stream_app/streaming/brokerlog.py): `broker` is a node
+        id, host:port, `coordinator` or `unnamed`; `kind` one of BROKER_ERROR_KINDS."""
+        b = str(broker)
+        if not _BROKER_LABEL.fullmatch(b):
+            b = OTHER
+        self.broker_errors.labels(b, _pick(kind, BROKER_ERROR_KINDS, OTHER)).inc()
 
     # ---------------------------------------------------------------- exposition
 

@@ -31,6 +31,13 @@ CONTRACT = {
     "chargecap_consumer_lag_messages": ("gauge", {"topic", "partition"}),
 }
 
+# Beyond §7 (extensions, docs/observability.md): retried Kafka client errors
+# (docs/reliability.md, "Replicated cluster").
+EXTENSIONS = {
+    "chargecap_broker_errors_total": ("counter", {"broker", "kind"}),
+}
+EXPORTED = {**CONTRACT, **EXTENSIONS}
+
 TOPICS = ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")
 
 
@@ -50,6 +57,7 @@ def exercise(m: Metrics) -> None:
     m.observe_latency("charge_line", 0.02)
     m.observe_latency("alert", 0.5)
     m.set_open_patient_days(3)
+    m.broker_error("1", "node_not_ready")
 
 
 def families(m: Metrics) -> dict:
@@ -79,8 +87,8 @@ def test_every_contract_metric_with_exact_type_and_labels():
     m = Metrics()
     exercise(m)
     fams = families(m)
-    assert set(fams) == set(CONTRACT), "exported families must be exactly those of §7"
-    for name, (typ, labels) in CONTRACT.items():
+    assert set(fams) == set(EXPORTED), "exported families must be exactly those of §7 + extensions"
+    for name, (typ, labels) in EXPORTED.items():
         got_type, got_labels, _ = fams[name]
         assert got_type == typ, name
         assert got_labels == labels, name
@@ -92,7 +100,7 @@ def test_exposition_has_no_created_series_and_type_lines_match_contract():
     text = m.exposition().decode()
     assert "_created" not in text
     type_lines = {tuple(line.split()[2:4]) for line in text.splitlines() if line.startswith("# TYPE")}
-    assert type_lines == {(n, t) for n, (t, _) in CONTRACT.items()}
+    assert type_lines == {(n, t) for n, (t, _) in EXPORTED.items()}
 
 
 def test_dedicated_registry_not_the_global_one():
@@ -191,6 +199,7 @@ def test_unknown_values_map_to_unknown_or_other():
     assert value(m, "chargecap_revenue_at_risk_dollars", payer_class="unknown", reason_code="other") == 1
     assert value(m, "chargecap_decision_latency_seconds_count", outcome="other") == 1
     assert value(m, "chargecap_consumer_lag_messages", topic="other", partition="3") == 7
+    m.broker_error("P12345 J18.9", "x")
     vals = label_values(m)
     for leaked in ("P1", "P12345", "E99", "J18.9", "I10", "some.random-topic", "bogus", "x"):
         assert leaked not in vals
@@ -210,7 +219,8 @@ def test_label_values_stay_within_the_bounded_sets():
         | set(M.OUTCOMES)
         | set(M.DEAD_LETTER_CODES)
         | set(M.CODE_FAMILIES)
-        | {"unknown", "other", "0"}
+        | set(M.BROKER_ERROR_KINDS)
+        | {"unknown", "other", "0", "1"}  # "1": a broker node id
     )
     assert label_values(m) <= allowed
 

@@ -180,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     from stream_app.streaming.logfilter import rate_limit_kafka_client_logs
 
     rate_limit_kafka_client_logs()
+    from stream_app.streaming import brokerlog
+
+    brokerlog.install(streams.metrics)
     tune_gc()
     from stream_app.streaming.memtrim import MemoryTrimmer
 

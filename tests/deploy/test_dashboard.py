@@ -31,6 +31,8 @@ CONTRACT_METRICS = {
     "chargecap_decision_latency_seconds",
     "chargecap_open_patient_days",
     "chargecap_consumer_lag_messages",
+    # extension beyond contract.md §7 (docs/observability.md)
+    "chargecap_broker_errors_total",
 }
 
 def test_parse_expr_reader():
@@ -59,6 +61,7 @@ def exported() -> dict[str, dict[str, set[str]]]:
     m.observe_latency("charge_line", 0.05)
     m.set_open_patient_days(2)
     m.set_consumer_lag(t, 0, 4)
+    m.broker_error("1", "node_not_ready")
     series: dict[str, dict[str, set[str]]] = {}
     for fam in text_string_to_metric_families(m.exposition().decode()):
         for s in fam.samples:

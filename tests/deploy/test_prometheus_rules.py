@@ -25,6 +25,7 @@ EXPECTED_ALERTS = {
     "ChargecapDeadLetterRateHigh",
     "ChargecapRevenueAtRiskHigh",
     "ChargecapDecisionLatencyHigh",
+    "ChargecapBrokerErrorsPersist",
 }
 
 
@@ -54,7 +55,7 @@ def run(promtool: str, *args: str, stdin: str | None = None) -> subprocess.Compl
 def test_check_rules(promtool):
     r = run(promtool, "check", "rules", "deploy/prometheus/alerts.yml")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 5 rules found" in r.stdout
+    assert "SUCCESS: 6 rules found" in r.stdout
 
 
 def test_check_config(promtool):
@@ -79,6 +80,7 @@ def test_exposition_passes_promtool_lint(promtool):
     m.observe_latency("alert", 0.1)
     m.track_alert("a", state="open", payer_class="medicare", reason_code="INVALID_NPI", dollars=3)
     m.set_consumer_lag("ehr.em-services", 0, 1)
+    m.broker_error("1", "node_not_ready")
     r = run(promtool, "check", "metrics", stdin=m.exposition().decode())
     problems = [
         line
