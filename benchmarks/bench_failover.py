@@ -50,13 +50,15 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
-from stream_app.generate import generate_stream  # noqa: E402
+from stream_app.devtools.generate import generate_stream  # noqa: E402
 from stream_app.topics import apply_topics  # noqa: E402
+from stream_app.vocabulary import INPUT_TOPICS as INPUTS  # noqa: E402
+from stream_app.vocabulary import TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS  # noqa: E402
 
 CLUSTER_SH = ROOT / "deploy" / "kafka-local" / "cluster.sh"
 PROBE = ROOT / "deploy" / "kafka-local" / "probe.py"
-INPUTS = ("ehr.medication-administrations", "ehr.em-services", "pharmacy.dispenses")
-DECISIONS = ("billing.charge-lines", "billing.correction-alerts")
+
+DECISIONS = (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS)
 ERROR_LINE = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) |\[(ERROR|CRITICAL)\]")
 LOG_TIME = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
 

@@ -26,15 +26,20 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from stream_app.devtools.generate import generate_stream
 from tests.support.faults import (
     INPUT_TOPICS,
+    Feeder,
     PrivateBroker,
-    audit,
+    assert_all_committed,
+    assert_audit,
+    assert_same_view,
+    fault_stream,
+    output_counts,
     record_result,
     revision_faults,
     rss_mb,
@@ -50,7 +55,6 @@ from tests.support.worker import (
     free_port,
     metric_value,
     replay_view,
-    uncommitted_inputs,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,95 +63,6 @@ ROCKS = {"store": "rocksdb://"}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _stream(prefix: str, seed: int, records: int = 3000, malformed_rate: float = 0.02):
-    """Generated input with redeliveries, amendments, withdrawals, local reordering and a
-    few malformed messages (dead letters)."""
-    return generate_stream(seed, records=records, redeliver_rate=0.05, amend_rate=0.08,
-                           withdraw_rate=0.03, shuffle_window=40,
-                           malformed_rate=malformed_rate, topic_prefix=prefix).messages
-
-
-class Feeder:
-    """Produces messages in chunks with a pause between chunks, in the background, so
-    faults hit the worker while input is still arriving. Keeps every RecordMetadata (the
-    dead-letter audit matches topic/partition/offset) and how many were sent so far."""
-
-    def __init__(self, bootstrap: str, messages, *, chunk: int = 40, pause: float = 0.3,
-                 max_request_size: int = 1_048_576):
-        self.bootstrap, self.messages = bootstrap, messages
-        self.chunk, self.pause, self.max_request_size = chunk, pause, max_request_size
-        self.metas: list = []
-        self.sent = 0
-        self.task: asyncio.Task | None = None
-
-    async def _run(self, start: int, stop: int) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
-                                    max_request_size=self.max_request_size,
-                                    enable_idempotence=True, request_timeout_ms=60000)
-        await producer.start()
-        try:
-            for i in range(start, stop, self.chunk):
-                batch = self.messages[i:min(i + self.chunk, stop)]
-                futs = [await producer.send(t, v if isinstance(v, bytes) else str(v).encode(),
-                                            key=k if k is None or isinstance(k, bytes)
-                                            else str(k).encode())
-                        for t, k, v in batch]
-                self.metas.extend(await asyncio.gather(*futs))
-                self.sent += len(batch)
-                if self.pause:
-                    await asyncio.sleep(self.pause)
-        finally:
-            await producer.stop()
-
-    def start(self, start: int = 0, stop: int | None = None) -> Feeder:
-        self.task = asyncio.ensure_future(self._run(start, len(self.messages)
-                                                    if stop is None else stop))
-        return self
-
-    async def run(self, start: int = 0, stop: int | None = None) -> None:
-        await self._run(start, len(self.messages) if stop is None else stop)
-
-    async def wait(self) -> None:
-        if self.task is not None:
-            await self.task
-
-
-def _assert_same_view(reader: OutputReader, expected) -> dict:
-    lines, alerts = reader.settled_view()
-    exp_lines, exp_alerts = expected
-    mismatches = (len({orjson.dumps(x) for x in lines} ^ {orjson.dumps(x) for x in exp_lines})
-                  + len({orjson.dumps(x) for x in alerts}
-                        ^ {orjson.dumps(x) for x in exp_alerts}))
-    assert len(lines) == len(exp_lines), (len(lines), len(exp_lines))
-    assert len(alerts) == len(exp_alerts), (len(alerts), len(exp_alerts))
-    assert lines == exp_lines
-    assert alerts == exp_alerts
-    return {"active_lines": len(lines), "open_alerts": len(alerts), "mismatches": mismatches}
-
-
-def _assert_audit(messages, metas, reader, res) -> dict:
-    a = audit(messages, metas, reader, res)
-    s = a.summary()
-    assert a.ok(), s
-    assert a.malformed == 0 or len(reader.messages[DEAD]) >= a.malformed, s
-    return s
-
-
-async def _assert_all_committed(bootstrap: str, prefix: str, app_id: str) -> None:
-    topics = [prefix + t for t in INPUT_TOPICS] + [f"{app_id}-patient-records"]
-    deadline = time.monotonic() + 30
-    while (gaps := await uncommitted_inputs(bootstrap, app_id, topics)) and \
-            time.monotonic() < deadline:
-        await asyncio.sleep(1)
-    assert gaps == {}, f"input not committed by the group: {gaps}"
-
-
-def _output_counts(reader: OutputReader) -> dict:
-    return {"line_messages": len(reader.messages[LINES]),
-            "alert_messages": len(reader.messages[ALERTS]),
-            "dead_letter_messages": len(reader.messages[DEAD])}
 
 
 # ----------------------------------------------------------------------------- 1. crash
@@ -162,7 +77,7 @@ async def test_worker_sigkill_three_times(kafka_bootstrap, unique_name, tmp_path
     rng = random.Random(20250307)
     prefix = unique_name("rel-kill") + "."
     app_id = unique_name("rel-kill-app")
-    messages = _stream(prefix, seed=71)
+    messages = fault_stream(prefix, seed=71)
     expected, res = replay_view(tmp_path, messages)
     assert expected[0] and expected[1]
     await create_topics(kafka_bootstrap, prefix)
@@ -187,11 +102,11 @@ async def test_worker_sigkill_three_times(kafka_bootstrap, unique_name, tmp_path
             restarts.append(round(time.monotonic() - t, 1))
         await feeder.wait()
         await reader.wait_settled(timeout=150)
-        view = _assert_same_view(reader, expected)
+        view = assert_same_view(reader, expected)
         assert revision_faults(reader) == []
         assert reader.last_equals_highest()
-        aud = _assert_audit(messages, feeder.metas, reader, res)
-        await _assert_all_committed(kafka_bootstrap, prefix, app_id)
+        aud = assert_audit(messages, feeder.metas, reader, res)
+        await assert_all_committed(kafka_bootstrap, prefix, app_id)
         assert worker.proc.poll() is None
     finally:
         await reader.stop()
@@ -199,7 +114,7 @@ async def test_worker_sigkill_three_times(kafka_bootstrap, unique_name, tmp_path
     assert rc == 0, worker.tail()
     record_result("worker_crash", {
         "messages": len(messages), "kills": kills, "restart_to_ready_s": restarts,
-        **view, **aud, **_output_counts(reader), "runtime_s": round(time.monotonic() - started, 1)})
+        **view, **aud, **output_counts(reader), "runtime_s": round(time.monotonic() - started, 1)})
 
 
 # ----------------------------------------------------------------------------- 2. broker
@@ -213,7 +128,7 @@ async def test_broker_restart(unique_name, tmp_path):
     broker = PrivateBroker()
     prefix = unique_name("rel-brk") + "."
     app_id = unique_name("rel-brk-app")
-    messages = _stream(prefix, seed=72, records=2500)
+    messages = fault_stream(prefix, seed=72, records=2500)
     expected, res = replay_view(tmp_path, messages)
     worker = reader = None
     timings = {}
@@ -242,10 +157,10 @@ async def test_broker_restart(unique_name, tmp_path):
         timings["settled_after_restart_s"] = round(time.monotonic() - t, 1)
         assert worker.proc.poll() is None and worker.proc.pid == pid, worker.tail()
         assert await asyncio.to_thread(worker.ready)
-        view = _assert_same_view(reader, expected)
+        view = assert_same_view(reader, expected)
         assert revision_faults(reader) == []
-        aud = _assert_audit(messages, feeder.metas, reader, res)
-        await _assert_all_committed(bs, prefix, app_id)
+        aud = assert_audit(messages, feeder.metas, reader, res)
+        await assert_all_committed(bs, prefix, app_id)
     finally:
         if reader is not None:
             await reader.stop()
@@ -254,7 +169,7 @@ async def test_broker_restart(unique_name, tmp_path):
     assert rc == 0, worker.tail()
     record_result("broker_restart", {
         "messages": len(messages), "broker_port": broker.port, **timings, **view, **aud,
-        **_output_counts(reader), "runtime_s": round(time.monotonic() - started, 1)})
+        **output_counts(reader), "runtime_s": round(time.monotonic() - started, 1)})
 
 
 # ----------------------------------------------------------------------------- 3. rebalance
@@ -268,7 +183,7 @@ async def test_second_worker_joins_and_leaves(kafka_bootstrap, unique_name, tmp_
     started = time.monotonic()
     prefix = unique_name("rel-reb") + "."
     app_id = unique_name("rel-reb-app")
-    messages = _stream(prefix, seed=73)
+    messages = fault_stream(prefix, seed=73)
     expected, res = replay_view(tmp_path, messages)
     await create_topics(kafka_bootstrap, prefix)
     (tmp_path / "a").mkdir()
@@ -305,11 +220,11 @@ async def test_second_worker_joins_and_leaves(kafka_bootstrap, unique_name, tmp_
         await feeder.wait()
         await reader.wait_settled(timeout=150)
         assert a.proc.poll() is None
-        view = _assert_same_view(reader, expected)
+        view = assert_same_view(reader, expected)
         assert revision_faults(reader) == []
         assert reader.last_equals_highest()
-        aud = _assert_audit(messages, feeder.metas, reader, res)
-        await _assert_all_committed(kafka_bootstrap, prefix, app_id)
+        aud = assert_audit(messages, feeder.metas, reader, res)
+        await assert_all_committed(kafka_bootstrap, prefix, app_id)
         recov_b = [int(m) for m in re.findall(r"recovery complete: (\d+) active",
                                                b.log_path.read_text(errors="replace"))]
         info["b_active_partitions"] = recov_b
@@ -321,7 +236,7 @@ async def test_second_worker_joins_and_leaves(kafka_bootstrap, unique_name, tmp_
         rc_a = await asyncio.to_thread(a.stop)
     assert rc_a == 0, a.tail()
     record_result("rebalance", {
-        "messages": len(messages), **info, **view, **aud, **_output_counts(reader),
+        "messages": len(messages), **info, **view, **aud, **output_counts(reader),
         "runtime_s": round(time.monotonic() - started, 1)})
 
 
@@ -511,7 +426,7 @@ async def test_poison_input(kafka_bootstrap, unique_name, tmp_path):
                    for v in poison]
     adversarial += [(prefix + t, None, v) for t, v in heavy_poison(len(poison))]
     prng.shuffle(adversarial)
-    valid = _stream(prefix, seed=74, records=1500, malformed_rate=0.0)
+    valid = fault_stream(prefix, seed=74, records=1500, malformed_rate=0.0)
     rounds = [adversarial[i::3] + valid[i * 500:(i + 1) * 500 if i < 2 else None]
               for i in range(3)]
     for r in rounds:
@@ -557,8 +472,8 @@ async def test_poison_input(kafka_bootstrap, unique_name, tmp_path):
         await sampler
         assert healthy and worker.proc.poll() is None, worker.tail()
         assert await asyncio.to_thread(worker.ready)
-        view = _assert_same_view(reader, expected)
-        aud = _assert_audit(messages, feeder.metas, reader, res)
+        view = assert_same_view(reader, expected)
+        aud = assert_audit(messages, feeder.metas, reader, res)
         # dead letters (one per malformed input message) + accepted == produced
         dead = {(d["topic"], d["partition"], d["offset"]) for d in
                 (orjson.loads(v) for _p, _o, _k, v, _h in reader.messages[DEAD])}
@@ -588,7 +503,7 @@ async def test_poison_input(kafka_bootstrap, unique_name, tmp_path):
         "messages": len(messages), "adversarial": len(adversarial), "valid_generated": len(valid),
         "dead_letters": len(dead), "accepted": aud["valid"], "dead_letter_codes": codes,
         "rss_mb_start": round(rss_start, 1), "rss_mb_after_round": after_round,
-        "rss_mb_max": round(max(samples), 1), **view, **aud, **_output_counts(reader),
+        "rss_mb_max": round(max(samples), 1), **view, **aud, **output_counts(reader),
         "runtime_s": round(time.monotonic() - started, 1)})
 
 
@@ -644,7 +559,7 @@ async def test_bad_rule_data_refused(kafka_bootstrap, unique_name, tmp_path, bre
     rules = _rules_copy(tmp_path)
     pattern = breaker(rules)
     await create_topics(kafka_bootstrap, prefix)
-    msgs = _stream(prefix, seed=75, records=100, malformed_rate=0.05)
+    msgs = fault_stream(prefix, seed=75, records=100, malformed_rate=0.05)
     await Feeder(kafka_bootstrap, msgs, chunk=200, pause=0).run()
     err = tmp_path / "stderr.txt"
     with open(err, "wb") as fh:

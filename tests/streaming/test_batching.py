@@ -2,7 +2,7 @@
 the destination topic's limit (the broker applies max.message.bytes to a whole record
 batch, and a rejected batch stops the worker); `take_batches` leaves acknowledging to
 the caller, so an abandoned batch is never committed. The same code runs against the
-real broker in test_worker_e2e.py and tests/reliability."""
+real broker in test_worker_e2e.py and tests/broker/test_faults.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """SeekGuarded over a stand-in consumer: a seek never lands in the middle of a batch. (The
 worker's consumer is SeekGuarded over Faust's, tests/streaming/test_seam.py; the
-end-to-end proof is the join/leave rebalance test in tests/reliability/test_faults.py
+end-to-end proof is the join/leave rebalance test in tests/broker/test_faults.py
 against the real broker.)"""
 from __future__ import annotations
 

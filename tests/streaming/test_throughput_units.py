@@ -1,6 +1,6 @@
 """Unit tests of the throughput plumbing (no broker): repartition bundles and the guard of
 Faust's delivery fast path. The end-to-end behaviour of the same code is checked against the real broker in
-test_worker_e2e.py and tests/reliability."""
+test_worker_e2e.py and tests/broker/test_faults.py."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ and event ids are only compared, never logged.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
+from stream_app.devtools.generate import generate_stream
 from stream_app.engine import DeadLetter, parse_record
 from stream_app.vocabulary import INPUT_TOPICS
 from tests.support.paths import KAFKA_DATA, KAFKA_SH
-from tests.support.worker import ALERTS, DEAD, LINES
+from tests.support.worker import ALERTS, DEAD, LINES, OutputReader, uncommitted_inputs
 
 __all__ = ["INPUT_TOPICS", "Audit", "PrivateBroker", "audit", "free_port_pair", "record_result",
            "revision_faults", "rss_mb", "wait_path"]
@@ -261,3 +264,95 @@ def wait_path(path: Path, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+# ------------------------------------------------------------ shared by the fault suites
+
+
+def fault_stream(prefix: str, seed: int, records: int = 3000, malformed_rate: float = 0.02):
+    """Generated input with redeliveries, amendments, withdrawals, local reordering and a
+    few malformed messages (dead letters)."""
+    return generate_stream(seed, records=records, redeliver_rate=0.05, amend_rate=0.08,
+                           withdraw_rate=0.03, shuffle_window=40,
+                           malformed_rate=malformed_rate, topic_prefix=prefix).messages
+
+
+class Feeder:
+    """Produces messages in chunks with a pause between chunks, in the background, so
+    faults hit the worker while input is still arriving. Keeps every RecordMetadata (the
+    dead-letter audit matches topic/partition/offset) and how many were sent so far."""
+
+    def __init__(self, bootstrap: str, messages, *, chunk: int = 40, pause: float = 0.3,
+                 max_request_size: int = 1_048_576):
+        self.bootstrap, self.messages = bootstrap, messages
+        self.chunk, self.pause, self.max_request_size = chunk, pause, max_request_size
+        self.metas: list = []
+        self.sent = 0
+        self.task: asyncio.Task | None = None
+
+    async def _run(self, start: int, stop: int) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
+                                    max_request_size=self.max_request_size,
+                                    enable_idempotence=True, request_timeout_ms=60000)
+        await producer.start()
+        try:
+            for i in range(start, stop, self.chunk):
+                batch = self.messages[i:min(i + self.chunk, stop)]
+                futs = [await producer.send(t, v if isinstance(v, bytes) else str(v).encode(),
+                                            key=k if k is None or isinstance(k, bytes)
+                                            else str(k).encode())
+                        for t, k, v in batch]
+                self.metas.extend(await asyncio.gather(*futs))
+                self.sent += len(batch)
+                if self.pause:
+                    await asyncio.sleep(self.pause)
+        finally:
+            await producer.stop()
+
+    def start(self, start: int = 0, stop: int | None = None) -> Feeder:
+        self.task = asyncio.ensure_future(self._run(start, len(self.messages)
+                                                    if stop is None else stop))
+        return self
+
+    async def run(self, start: int = 0, stop: int | None = None) -> None:
+        await self._run(start, len(self.messages) if stop is None else stop)
+
+    async def wait(self) -> None:
+        if self.task is not None:
+            await self.task
+
+
+def assert_same_view(reader: OutputReader, expected) -> dict:
+    lines, alerts = reader.settled_view()
+    exp_lines, exp_alerts = expected
+    mismatches = (len({orjson.dumps(x) for x in lines} ^ {orjson.dumps(x) for x in exp_lines})
+                  + len({orjson.dumps(x) for x in alerts}
+                        ^ {orjson.dumps(x) for x in exp_alerts}))
+    assert len(lines) == len(exp_lines), (len(lines), len(exp_lines))
+    assert len(alerts) == len(exp_alerts), (len(alerts), len(exp_alerts))
+    assert lines == exp_lines
+    assert alerts == exp_alerts
+    return {"active_lines": len(lines), "open_alerts": len(alerts), "mismatches": mismatches}
+
+
+def assert_audit(messages, metas, reader, res) -> dict:
+    a = audit(messages, metas, reader, res)
+    s = a.summary()
+    assert a.ok(), s
+    assert a.malformed == 0 or len(reader.messages[DEAD]) >= a.malformed, s
+    return s
+
+
+async def assert_all_committed(bootstrap: str, prefix: str, app_id: str) -> None:
+    topics = [prefix + t for t in INPUT_TOPICS] + [f"{app_id}-patient-records"]
+    deadline = time.monotonic() + 30
+    while (gaps := await uncommitted_inputs(bootstrap, app_id, topics)) and \
+            time.monotonic() < deadline:
+        await asyncio.sleep(1)
+    assert gaps == {}, f"input not committed by the group: {gaps}"
+
+
+def output_counts(reader: OutputReader) -> dict:
+    return {"line_messages": len(reader.messages[LINES]),
+            "alert_messages": len(reader.messages[ALERTS]),
+            "dead_letter_messages": len(reader.messages[DEAD])}

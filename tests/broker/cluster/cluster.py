@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.streaming.harness import ALERTS, LINES, REPO, OutputReader
+from tests.support.paths import REPO
+from tests.support.worker import ALERTS, LINES, OutputReader
 
 CLUSTER_SH = REPO / "deploy" / "kafka-local" / "cluster.sh"
 PROBE = REPO / "deploy" / "kafka-local" / "probe.py"

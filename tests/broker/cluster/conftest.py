@@ -21,7 +21,7 @@ from tests.broker.cluster.cluster import NODES, Cluster
 
 @pytest.fixture(scope="session")
 def kafka_cluster():
-    from tests.conftest import delete_topics_matching
+    from tests.support.kafka import delete_topics_matching
 
     cluster = Cluster()
     started = False

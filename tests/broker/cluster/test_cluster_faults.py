@@ -31,16 +31,17 @@ from tests.broker.cluster.cluster import (
     partition_leaders,
     wait_leaders_moved,
 )
-from tests.reliability.helpers import record_result, revision_faults
-from tests.reliability.test_faults import (
+from tests.support.faults import (
     Feeder,
-    _assert_all_committed,
-    _assert_audit,
-    _assert_same_view,
-    _output_counts,
-    _stream,
+    assert_all_committed,
+    assert_audit,
+    assert_same_view,
+    fault_stream,
+    output_counts,
+    record_result,
+    revision_faults,
 )
-from tests.streaming.harness import WorkerProcess, replay_view
+from tests.support.worker import WorkerProcess, replay_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -64,7 +65,7 @@ async def _failover_run(cluster, tmp_path, unique_name, name: str, seed: int, fa
     bs = cluster.bootstrap
     prefix = unique_name(f"cl-{name}") + "."
     app_id = unique_name(f"cl-{name}-app")
-    messages = _stream(prefix, seed=seed, records=2500)
+    messages = fault_stream(prefix, seed=seed, records=2500)
     expected, res = replay_view(tmp_path, messages)
     await apply_topics(bs, prefix, replication_factor=3)
     worker = WorkerProcess(tmp_path, bs, app_id, prefix, store="rocksdb://", extra=REPLICATED)
@@ -89,10 +90,10 @@ async def _failover_run(cluster, tmp_path, unique_name, name: str, seed: int, fa
         info["settled_after_fault_s"] = round(time.monotonic() - t, 1)
         assert worker.proc.poll() is None and worker.proc.pid == pid, worker.tail()
         assert await asyncio.to_thread(worker.ready)
-        view = _assert_same_view(reader, expected)
+        view = assert_same_view(reader, expected)
         assert revision_faults(reader) == []
-        aud = _assert_audit(messages, feeder.metas, reader, res)
-        await _assert_all_committed(bs, prefix, app_id)
+        aud = assert_audit(messages, feeder.metas, reader, res)
+        await assert_all_committed(bs, prefix, app_id)
         if "fault_at" in info:
             start = info.pop("fault_at")
             # while input still arrives: the gap is the fault's, not the end of the feed
@@ -104,7 +105,7 @@ async def _failover_run(cluster, tmp_path, unique_name, name: str, seed: int, fa
         await reader.stop()
         rc = await asyncio.to_thread(worker.stop)
     assert rc == 0, worker.tail()
-    record = {"messages": len(messages), **info, **view, **aud, **_output_counts(reader),
+    record = {"messages": len(messages), **info, **view, **aud, **output_counts(reader),
               "runtime_s": round(time.monotonic() - started, 1)}
     record_result(f"cluster_{name}", record)
     return record | {"errors": errors}
