@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stream_app.replay", "run the engine over NDJSON files, write the decisions"),
     "generate": ("stream_app.generate", "write or produce a synthetic EHR event stream"),
     "demo": ("stream_app.demo", "end-to-end demo on the local Kafka"),
+    "queue": ("stream_app.queue.cli", "the billing work queue: migrate, serve, sink, user, audit"),
 }
 
 EXIT_UNAVAILABLE = 2
