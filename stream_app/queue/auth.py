@@ -26,6 +26,7 @@ _HASHER = PasswordHasher()
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 FAILURES_BEFORE_LOCK = 5
+FIRST_LOCK_SECONDS = 5
 MAX_LOCK_SECONDS = 900
 USERNAME_MAX = 64
 
@@ -128,13 +129,13 @@ async def verify_login(conn: psycopg.AsyncConnection, username: str, password: s
         await conn.execute("DELETE FROM login_failure WHERE username = %s", (username,))
         return User(username, tuple(row[1]))
     # Counted per name tried, known or not; from the 5th failure on, each one locks the name
-    # for twice as long as the one before (1 s, 2 s, 4 s … 15 min).
+    # for twice as long as the one before (5 s, 10 s, 20 s … 15 min).
     await conn.execute(
         """INSERT INTO login_failure AS f (username, failures, last_failure_at) VALUES (%s, 1, now())
            ON CONFLICT (username) DO UPDATE SET failures = f.failures + 1, last_failure_at = now(),
              locked_until = CASE WHEN f.failures + 1 >= %s
-               THEN now() + make_interval(secs => least(power(2, f.failures + 1 - %s), %s)) END""",
-        (username[:USERNAME_MAX], FAILURES_BEFORE_LOCK, FAILURES_BEFORE_LOCK, MAX_LOCK_SECONDS),
+               THEN now() + make_interval(secs => least(%s * power(2, f.failures + 1 - %s), %s)) END""",
+        (username[:USERNAME_MAX], FAILURES_BEFORE_LOCK, FIRST_LOCK_SECONDS, FAILURES_BEFORE_LOCK, MAX_LOCK_SECONDS),
     )
     return None
 

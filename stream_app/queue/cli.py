@@ -246,7 +246,9 @@ async def _serve(args: argparse.Namespace, *, api: bool, sink: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    pool = AsyncConnectionPool(qs.dsn, min_size=1, max_size=10, open=False)
+    # Autocommit: each statement stands alone unless a handler opens a transaction, so an
+    # audit row of a refused request is kept although the request then fails.
+    pool = AsyncConnectionPool(qs.dsn, min_size=1, max_size=10, open=False, kwargs={"autocommit": True})
     await pool.open()
     runner = None
     tasks: list[asyncio.Task] = []
