@@ -135,7 +135,13 @@ async def verify_login(conn: psycopg.AsyncConnection, username: str, password: s
            ON CONFLICT (username) DO UPDATE SET failures = f.failures + 1, last_failure_at = now(),
              locked_until = CASE WHEN f.failures + 1 >= %s
                THEN now() + make_interval(secs => least(%s * power(2, f.failures + 1 - %s), %s)) END""",
-        (username[:USERNAME_MAX], FAILURES_BEFORE_LOCK, FIRST_LOCK_SECONDS, FAILURES_BEFORE_LOCK, MAX_LOCK_SECONDS),
+        (
+            username[:USERNAME_MAX],
+            FAILURES_BEFORE_LOCK,
+            FIRST_LOCK_SECONDS,
+            FAILURES_BEFORE_LOCK,
+            MAX_LOCK_SECONDS,
+        ),
     )
     return None
 

@@ -84,7 +84,9 @@ def create_queue_db(host: str, port: int) -> QueueDb:
 
 
 def drop_queue_db(db: QueueDb) -> None:
-    with psycopg.connect(host=db.host, port=db.port, user="postgres", dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        host=db.host, port=db.port, user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db.name)))
 
 

@@ -34,14 +34,43 @@ def env(pg_server, tmp_path_factory):
     db = create_queue_db(*pg_server)
     alerts = []
     for aid, queue, reason, payer, dollars, age, state in SEED:
-        alerts.append((alert(aid, 1, queue=queue, reason=reason, payer=payer, dollars=dollars,
-                             line_id=f"L-{aid}", sources=(f"ev-{aid}",)), ago(**age)))
+        alerts.append(
+            (
+                alert(
+                    aid,
+                    1,
+                    queue=queue,
+                    reason=reason,
+                    payer=payer,
+                    dollars=dollars,
+                    line_id=f"L-{aid}",
+                    sources=(f"ev-{aid}",),
+                ),
+                ago(**age),
+            )
+        )
         if state == "resolved":
-            alerts.append((alert(aid, 2, state="resolved", queue=queue, reason=reason, payer=payer,
-                                 dollars=dollars, line_id=f"L-{aid}", sources=(f"ev-{aid}",)), ago(minutes=1)))
-    lines = [(charge_line("L-c-new", npi="1234567893", sources=("ev-c-new",)), ago(hours=2)),
-             (charge_line("L-c-new-drug", code="J0696", sources=("ev-c-new",)), ago(hours=2)),
-             (charge_line("L-c-2d", npi="1111111112", sources=("ev-c-2d",)), ago(days=2))]
+            alerts.append(
+                (
+                    alert(
+                        aid,
+                        2,
+                        state="resolved",
+                        queue=queue,
+                        reason=reason,
+                        payer=payer,
+                        dollars=dollars,
+                        line_id=f"L-{aid}",
+                        sources=(f"ev-{aid}",),
+                    ),
+                    ago(minutes=1),
+                )
+            )
+    lines = [
+        (charge_line("L-c-new", npi="1234567893", sources=("ev-c-new",)), ago(hours=2)),
+        (charge_line("L-c-new-drug", code="J0696", sources=("ev-c-new",)), ago(hours=2)),
+        (charge_line("L-c-2d", npi="1111111112", sources=("ev-c-2d",)), ago(days=2)),
+    ]
     write(db.dsn, alerts=alerts, lines=lines)
     add_user(db, "coder", "coding", CODER_PW)
     add_user(db, "coder2", "coding", "second-coder-password-1")
@@ -68,17 +97,27 @@ def pharmacist(env):
 def audit_rows(db, **where) -> list[tuple]:
     cond = " AND ".join(f"{k} = %s" for k in where) or "true"
     with db.admin() as conn:
-        return conn.execute(f"SELECT username, action, alert_id, work_queue, detail FROM access_audit WHERE {cond} "
-                            "ORDER BY audit_id", tuple(where.values())).fetchall()
+        return conn.execute(
+            f"SELECT username, action, alert_id, work_queue, detail FROM access_audit WHERE {cond} "
+            "ORDER BY audit_id",
+            tuple(where.values()),
+        ).fetchall()
 
 
 # ------------------------------------------------------------------ authentication
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/api/v1/queues"), ("GET", "/api/v1/queues/coding/items"), ("GET", "/api/v1/items/c-new"),
-    ("GET", "/api/v1/queues/coding/items.csv"), ("POST", "/api/v1/items/c-new/status"),
-    ("GET", "/api/v1/session"),
-])
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/api/v1/queues"),
+        ("GET", "/api/v1/queues/coding/items"),
+        ("GET", "/api/v1/items/c-new"),
+        ("GET", "/api/v1/queues/coding/items.csv"),
+        ("POST", "/api/v1/items/c-new/status"),
+        ("GET", "/api/v1/session"),
+    ],
+)
 def test_no_session_is_401(env, method, path):
     r = requests.request(method, env[1].url(path), json={"status": "done"}, timeout=10)
     assert r.status_code == 401
@@ -87,19 +126,26 @@ def test_no_session_is_401(env, method, path):
 
 def test_wrong_password_is_401_and_audited(env):
     db, svc = env
-    r = requests.post(svc.url("/api/v1/session"), json={"username": "coder2", "password": "nope-nope-nope"},
-                      timeout=10)
+    r = requests.post(
+        svc.url("/api/v1/session"), json={"username": "coder2", "password": "nope-nope-nope"}, timeout=10
+    )
     assert r.status_code == 401
     assert ("coder2", "sign_in_failed") in [(u, a) for u, a, *_ in audit_rows(db, username="coder2")]
 
 
 def test_repeated_failed_sign_ins_are_slowed(env):
     _, svc = env
-    statuses = [requests.post(svc.url("/api/v1/session"), json={"username": "nobody", "password": "x" * 12},
-                              timeout=20).status_code for _ in range(6)]
+    statuses = [
+        requests.post(
+            svc.url("/api/v1/session"), json={"username": "nobody", "password": "x" * 12}, timeout=20
+        ).status_code
+        for _ in range(6)
+    ]
     assert statuses[:5] == [401] * 5
     assert statuses[5] == 429
-    r = requests.post(svc.url("/api/v1/session"), json={"username": "nobody", "password": "x" * 12}, timeout=20)
+    r = requests.post(
+        svc.url("/api/v1/session"), json={"username": "nobody", "password": "x" * 12}, timeout=20
+    )
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
 
 
@@ -109,13 +155,21 @@ def test_sign_out_ends_the_session(env):
     assert s.get(svc.url("/api/v1/session"), timeout=10).status_code == 200
     assert s.delete(svc.url("/api/v1/session"), headers={"X-CSRF-Token": csrf}, timeout=10).status_code == 204
     old = s.cookies.get("chargecap_session")
-    assert old is None or requests.get(svc.url("/api/v1/session"), cookies={"chargecap_session": old},
-                                       timeout=10).status_code == 401
+    assert (
+        old is None
+        or requests.get(
+            svc.url("/api/v1/session"), cookies={"chargecap_session": old}, timeout=10
+        ).status_code
+        == 401
+    )
 
 
 def test_cookie_is_httponly_and_samesite_strict(env):
-    r = requests.post(env[1].url("/api/v1/session"), json={"username": "coder2",
-                                                            "password": "second-coder-password-1"}, timeout=10)
+    r = requests.post(
+        env[1].url("/api/v1/session"),
+        json={"username": "coder2", "password": "second-coder-password-1"},
+        timeout=10,
+    )
     cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert r.headers["Cache-Control"] == "no-store"
@@ -141,29 +195,52 @@ def test_trusted_sso_header_names_the_user(env):
     s = requests.Session()
     r = s.get(svc.url("/api/v1/session"), headers={"X-Remote-User": "pharmacist"}, timeout=10)
     assert r.status_code == 200 and r.json()["queues"] == ["pharmacy"]
-    assert requests.get(svc.url("/api/v1/session"), headers={"X-Remote-User": "stranger"},
-                        timeout=10).status_code == 401
+    assert (
+        requests.get(
+            svc.url("/api/v1/session"), headers={"X-Remote-User": "stranger"}, timeout=10
+        ).status_code
+        == 401
+    )
 
 
 def test_trusted_header_refused_unless_on_loopback(queue_db):
     from tests.queue.service import chargecap
 
-    r = chargecap("queue", "serve", "--dsn", queue_db.dsn, "--listen", "0.0.0.0:0",
-                  "--trusted-user-header", "X-Remote-User", timeout=60)
+    r = chargecap(
+        "queue",
+        "serve",
+        "--dsn",
+        queue_db.dsn,
+        "--listen",
+        "0.0.0.0:0",
+        "--trusted-user-header",
+        "X-Remote-User",
+        timeout=60,
+    )
     assert r.returncode != 0 and "only accepted when the service listens on loopback" in r.stderr
 
 
 # ------------------------------------------------------------------ authorisation and CSRF
 
-@pytest.mark.parametrize("path", ["/api/v1/items/c-new", "/api/v1/queues/coding", "/api/v1/queues/coding/items",
-                                  "/api/v1/queues/coding/items.csv"])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/items/c-new",
+        "/api/v1/queues/coding",
+        "/api/v1/queues/coding/items",
+        "/api/v1/queues/coding/items.csv",
+    ],
+)
 def test_pharmacy_user_cannot_read_coding(env, pharmacist, path):
     s, _ = pharmacist
     assert s.get(env[1].url(path), timeout=10).status_code == 403
 
 
-@pytest.mark.parametrize("action,body", [("status", {"status": "done"}), ("assign", {"assignee": "pharmacist"}),
-                                         ("notes", {"body": "mine now"})])
+@pytest.mark.parametrize(
+    "action,body",
+    [("status", {"status": "done"}), ("assign", {"assignee": "pharmacist"}), ("notes", {"body": "mine now"})],
+)
 def test_pharmacy_user_cannot_act_on_a_coding_item(env, pharmacist, action, body):
     db, svc = env
     s, csrf = pharmacist
@@ -197,6 +274,7 @@ def test_unknown_item_is_404(env, coder):
 
 
 # ------------------------------------------------------------------ reads
+
 
 def test_queue_overview_figures(env, coder):
     s, _ = coder
@@ -250,17 +328,26 @@ def test_item_shows_its_lines_revisions_and_is_audited(env, coder):
 
 # ------------------------------------------------------------------ workflow
 
+
 def test_workflow_assign_note_done_and_done_still_failing(env, coder):
     db, svc = env
     s, csrf = coder
     h = {"X-CSRF-Token": csrf}
     r = s.post(svc.url("/api/v1/items/c-5d/assign"), json={"assignee": "coder2"}, headers=h, timeout=10)
     assert r.status_code == 200 and r.json()["assignee"] == "coder2" and r.json()["status"] == "in_progress"
-    assert s.post(svc.url("/api/v1/items/c-5d/assign"), json={"assignee": "pharmacist"}, headers=h,
-                  timeout=10).status_code == 422  # not a member of coding
-    r = s.post(svc.url("/api/v1/items/c-5d/notes"), json={"body": "asked Dr. for the note"}, headers=h, timeout=10)
+    assert (
+        s.post(
+            svc.url("/api/v1/items/c-5d/assign"), json={"assignee": "pharmacist"}, headers=h, timeout=10
+        ).status_code
+        == 422
+    )  # not a member of coding
+    r = s.post(
+        svc.url("/api/v1/items/c-5d/notes"), json={"body": "asked Dr. for the note"}, headers=h, timeout=10
+    )
     assert r.status_code == 201
-    r = s.post(svc.url("/api/v1/items/c-5d/status"), json={"status": "waiting_clinician"}, headers=h, timeout=10)
+    r = s.post(
+        svc.url("/api/v1/items/c-5d/status"), json={"status": "waiting_clinician"}, headers=h, timeout=10
+    )
     assert r.json()["status"] == "waiting_clinician"
     r = s.post(svc.url("/api/v1/items/c-5d/status"), json={"status": "done"}, headers=h, timeout=10)
     assert r.json()["status"] == "done_still_failing"  # the engine still reports it open
@@ -272,11 +359,28 @@ def test_workflow_assign_note_done_and_done_still_failing(env, coder):
     assert actions[:5] == ["assign", "add_note", "set_status", "set_status", "view_item"]
 
     # The engine resolves it: the item leaves the active list by itself.
-    write(db.dsn, alerts=[(alert("c-5d", 2, state="resolved", payer="medicaid", dollars=100.0,
-                                 reason="EM_MISSING_MODIFIER_25"), ago(seconds=1))])
+    write(
+        db.dsn,
+        alerts=[
+            (
+                alert(
+                    "c-5d",
+                    2,
+                    state="resolved",
+                    payer="medicaid",
+                    dollars=100.0,
+                    reason="EM_MISSING_MODIFIER_25",
+                ),
+                ago(seconds=1),
+            )
+        ],
+    )
     active = s.get(svc.url("/api/v1/queues/coding/items"), timeout=10).json()
     assert "c-5d" not in [i["alert_id"] for i in active["items"]]
-    assert s.get(svc.url("/api/v1/items/c-5d"), timeout=10).json()["workflow"]["status"] == "resolved_by_correction"
+    assert (
+        s.get(svc.url("/api/v1/items/c-5d"), timeout=10).json()["workflow"]["status"]
+        == "resolved_by_correction"
+    )
 
 
 def test_csv_export_has_the_filtered_rows(env, coder):
@@ -292,14 +396,19 @@ def test_csv_export_has_the_filtered_rows(env, coder):
 
 # ------------------------------------------------------------------ audit and secrets
 
+
 def test_service_role_cannot_change_the_audit(env):
     db, _ = env
     with psycopg.connect(db.dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM access_audit").fetchone()[0] > 0
         conn.execute("INSERT INTO access_audit (username, action) VALUES ('t', 'probe')")
-        for stmt in ("UPDATE access_audit SET username = 'x'", "DELETE FROM access_audit",
-                     "TRUNCATE access_audit", "UPDATE alert_revision SET state = 'open'",
-                     "DELETE FROM alert_note"):
+        for stmt in (
+            "UPDATE access_audit SET username = 'x'",
+            "DELETE FROM access_audit",
+            "TRUNCATE access_audit",
+            "UPDATE alert_revision SET state = 'open'",
+            "DELETE FROM alert_note",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(stmt)
 
