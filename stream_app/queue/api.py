@@ -165,6 +165,8 @@ def _opt(request: web.Request, name: str, max_len: int = 100) -> str | None:
         return None
     if len(v) > max_len:
         raise BadRequest(f"{name} is too long", name)
+    if "\x00" in v:
+        raise BadRequest(f"{name} must not contain NUL characters", name)
     return v
 
 
@@ -245,7 +247,7 @@ def _queue_of_path(request: web.Request) -> str:
 
 async def _item_queue(conn, request: web.Request) -> tuple[str, str]:
     alert_id = request.match_info["alert_id"]
-    if len(alert_id) > ID_MAX:
+    if len(alert_id) > ID_MAX or "\x00" in alert_id:
         raise BadRequest("no such item", "alert_id", status=404)
     queue = await store.item_queue(conn, alert_id)
     if queue is None:
@@ -301,6 +303,8 @@ async def sign_in(request: web.Request) -> web.Response:
         raise BadRequest("username and password are required strings", status=422)
     if len(username) > auth.USERNAME_MAX or len(password) > 1024:
         raise BadRequest("username or password too long", status=422)
+    if "\x00" in username or "\x00" in password:
+        raise BadRequest("username and password must not contain NUL characters", status=422)
     settings = request.app[SETTINGS]
     async with request.app[POOL].connection() as conn:
         wait = await auth.locked_for(conn, username)
@@ -458,7 +462,7 @@ async def assign(request: web.Request) -> web.Response:
         raise BadRequest("assignee is required (a user name, or null to unassign)", "assignee", 422)
     assignee = body["assignee"]
     if assignee is not None and (
-        not isinstance(assignee, str) or not 1 <= len(assignee) <= auth.USERNAME_MAX
+        not isinstance(assignee, str) or not 1 <= len(assignee) <= auth.USERNAME_MAX or "\x00" in assignee
     ):
         raise BadRequest("assignee must be a user name or null", "assignee", 422)
     user = _session(request).user.username
