@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "timezone",
             "cookie_secure",
             "sink_group",
+            "age_limit_hours",
+            "age_limits",
         )
         add_settings_arguments(p)
 
@@ -227,6 +229,7 @@ async def _serve(args: argparse.Namespace, *, api: bool, sink: bool) -> int:
     qs = queue_settings_from_args(args)
     settings = settings_from_args(args)
     metrics = QueueMetrics()
+    metrics.set_age_limits(qs.age_limit_seconds())
     try:
         conn = await psycopg.AsyncConnection.connect(qs.dsn)
         try:

@@ -6,7 +6,10 @@ patient, encounter, record or alert ids.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from stream_app.vocabulary import WORK_QUEUES
 
@@ -23,8 +26,11 @@ OPEN_DISPLAY_STATUSES = (
 
 class QueueMetrics:
     def __init__(self) -> None:
+        # Served through a filter without prometheus_client's `*_created` samples, which
+        # the text format would show as extra gauge families.
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        r = CollectorRegistry(auto_describe=True)
+        self.registry.register(_WithoutCreated(r))
         self.items = Gauge(
             "chargecap_queue_open_items",
             "Open alerts in a work queue by workflow status",
@@ -34,6 +40,12 @@ class QueueMetrics:
         self.oldest_age = Gauge(
             "chargecap_queue_oldest_open_item_age_seconds",
             "Age of the oldest open alert of a work queue (0 when none)",
+            ["work_queue"],
+            registry=r,
+        )
+        self.age_limit = Gauge(
+            "chargecap_queue_oldest_item_age_limit_seconds",
+            "Configured age above which a queue's oldest open item raises an alert",
             ["work_queue"],
             registry=r,
         )
@@ -79,5 +91,24 @@ class QueueMetrics:
             self.oldest_age.labels(q).set(oldest.get(q, 0.0))
             self.dollars.labels(q).set(dollars.get(q, 0.0))
 
+    def set_age_limits(self, limits: dict[str, float]) -> None:
+        for q, seconds in limits.items():
+            self.age_limit.labels(q).set(seconds)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _WithoutCreated:
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in self._inner.collect():
+            out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            out.samples = [s for s in fam.samples if not s.name.endswith("_created")]
+            yield out
+
+    def describe(self) -> Iterator[Metric]:
+        for fam in self._inner.collect():
+            yield Metric(fam.name, fam.documentation, fam.type, fam.unit)

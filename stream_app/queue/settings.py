@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from stream_app.config import ConfigError, split_host_port
+from stream_app.vocabulary import WORK_QUEUES
 
 DEFAULT_DSN = "postgresql://chargecap_queue@127.0.0.1:55432/chargecap_queue"
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:55432/chargecap_queue"
@@ -77,6 +78,21 @@ _OPTIONS: dict[str, tuple[str, str, type, object, str]] = {
         "UTC",
         "zone in which 'resolved today' and the day buckets are counted",
     ),
+    "age_limit_hours": (
+        "--age-limit-hours",
+        "CHARGECAP_QUEUE_AGE_LIMIT_HOURS",
+        float,
+        72.0,
+        "an open item older than this raises the queue's age alert (exported as "
+        "chargecap_queue_oldest_item_age_limit_seconds)",
+    ),
+    "age_limits": (
+        "--age-limits",
+        "CHARGECAP_QUEUE_AGE_LIMITS",
+        str,
+        "",
+        "per-queue limits in hours overriding --age-limit-hours, e.g. pharmacy=24,coding=48",
+    ),
     "cookie_secure": (
         "--cookie-secure",
         "CHARGECAP_QUEUE_COOKIE_SECURE",
@@ -98,8 +114,11 @@ class QueueSettings:
     trusted_user_header: str = ""
     timezone: str = "UTC"
     cookie_secure: str = "auto"
+    age_limit_hours: float = 72.0
+    age_limits: str = ""
 
     def __post_init__(self) -> None:
+        self.age_limit_seconds()  # validates
         split_host_port(self.listen)
         if self.session_idle_minutes <= 0 or self.session_max_hours <= 0:
             raise ConfigError("session lifetimes must be positive")
@@ -110,6 +129,25 @@ class QueueSettings:
                 "--trusted-user-header is only accepted when the service listens on loopback "
                 f"(it listens on {self.listen}): anyone reaching it could name any user"
             )
+
+    def age_limit_seconds(self) -> dict[str, float]:
+        """Per work queue: the age of the oldest open item above which the age alert fires."""
+        limits = {q: self.age_limit_hours * 3600 for q in WORK_QUEUES}
+        for part in filter(None, (p.strip() for p in self.age_limits.split(","))):
+            queue, _, hours = part.partition("=")
+            try:
+                value = float(hours)
+            except ValueError:
+                value = -1.0
+            if queue.strip() not in WORK_QUEUES or value <= 0:
+                raise ConfigError(
+                    f"--age-limits: {part!r} is not QUEUE=HOURS with a work queue of "
+                    f"{', '.join(WORK_QUEUES)} and positive hours"
+                )
+            limits[queue.strip()] = value * 3600
+        if self.age_limit_hours <= 0:
+            raise ConfigError("--age-limit-hours must be positive")
+        return limits
 
     @property
     def host(self) -> str:
