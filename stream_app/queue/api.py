@@ -15,7 +15,7 @@ import io
 import logging
 import math
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import orjson
 import psycopg
@@ -200,6 +200,19 @@ def _date(request: web.Request, name: str) -> date | None:
         raise BadRequest(f"{name} must be a date YYYY-MM-DD", name) from exc
 
 
+def _datetime(request: web.Request, name: str) -> datetime | None:
+    v = _opt(request, name, 40)
+    if v is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        if parsed.tzinfo is None or "T" not in v:
+            raise ValueError
+        return parsed
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 date-time with an offset", name) from exc
+
+
 def _list_query(request: web.Request, queue: str, *, paged: bool = True) -> store.ListQuery:
     npi = _opt(request, "rendering_npi", 10)
     if npi is not None and not _NPI.match(npi):
@@ -213,6 +226,7 @@ def _list_query(request: web.Request, queue: str, *, paged: bool = True) -> stor
         service_date_to=_date(request, "service_date_to"),
         status=_choice(request, "status", store.STATUS_FILTERS, "active"),
         assignee=_opt(request, "assignee", auth.USERNAME_MAX),
+        changed_since=_datetime(request, "changed_since"),
         sort=_choice(request, "sort", store.SORTS, "dollars_at_risk"),
         order=_choice(request, "order", store.ORDERS),
         page=_int(request, "page", 1, 1, MAX_PAGE) if paged else 1,
@@ -361,7 +375,7 @@ async def queue_overview(request: web.Request) -> web.Response:
 
 def _filters_for_audit(q: store.ListQuery) -> dict:
     return {
-        k: (v.isoformat() if isinstance(v, date) else v)
+        k: (v.isoformat() if isinstance(v, date | datetime) else v)
         for k, v in q.__dict__.items()
         if v is not None and k != "queue"
     }

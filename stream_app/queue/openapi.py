@@ -79,6 +79,12 @@ _FILTERS = [
     ),
     _q("assignee", {"type": "string", "minLength": 1, "maxLength": 64}, "only items assigned to this user"),
     _q(
+        "changed_since",
+        {"type": "string", "format": "date-time"},
+        "only items with a new engine revision or a workflow change at or after this instant "
+        "(RFC 3339 with offset): what a hospital's own work-queue system polls for",
+    ),
+    _q(
         "sort",
         {"type": "string", "enum": list(store.SORTS), "default": "dollars_at_risk"},
         "dollars_at_risk (most first) or age (oldest first)",

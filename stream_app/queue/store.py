@@ -10,6 +10,7 @@ beside it. What a person sees as an item's status (``status``):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -51,6 +52,7 @@ class ListQuery:
     service_date_to: date | None = None
     status: str = "active"
     assignee: str | None = None
+    changed_since: datetime | None = None
     sort: str = "dollars_at_risk"
     order: str | None = None
     page: int = 1
@@ -88,13 +90,18 @@ async def overview(conn: psycopg.AsyncConnection, queue: str, today_start: datet
                                 AND first_seen_at > now() - interval '3 days') AS d1_3,
              count(*) FILTER (WHERE first_seen_at <= now() - interval '3 days'
                                 AND first_seen_at > now() - interval '7 days') AS d3_7,
-             count(*) FILTER (WHERE first_seen_at <= now() - interval '7 days') AS gt_7d,
-             count(*) FILTER (WHERE w.status = 'done') AS done_still_failing
-           FROM alert a LEFT JOIN alert_workflow w USING (alert_id)
-           WHERE a.work_queue = %s AND a.state = 'open'""",
+             count(*) FILTER (WHERE first_seen_at <= now() - interval '7 days') AS gt_7d
+           FROM alert WHERE work_queue = %s AND state = 'open'""",
         (queue,),
     )
     agg = await cur.fetchone()
+    # Few items are marked done: join from those rather than from every open alert.
+    await cur.execute(
+        """SELECT count(*) AS n FROM alert_workflow w JOIN alert a USING (alert_id)
+           WHERE w.status = 'done' AND a.work_queue = %s AND a.state = 'open'""",
+        (queue,),
+    )
+    agg["done_still_failing"] = (await cur.fetchone())["n"]
     await cur.execute(
         """SELECT alert_id, first_seen_at, extract(epoch FROM now() - first_seen_at)::float8 AS age_seconds
            FROM alert WHERE work_queue = %s AND state = 'open'
@@ -148,6 +155,10 @@ def _where(q: ListQuery) -> tuple[sql.Composable, dict, bool]:
     if q.assignee:
         parts.append(sql.SQL("w.assignee = %(assignee)s"))
         params["assignee"] = q.assignee
+    if q.changed_since:
+        # A new engine revision or a person's change: what a hospital's own system polls for.
+        parts.append(sql.SQL("(a.updated_at >= %(changed_since)s OR w.updated_at >= %(changed_since)s)"))
+        params["changed_since"] = q.changed_since
     status = q.status
     if status == "active":
         parts.append(sql.SQL("a.state = 'open'"))
@@ -205,22 +216,32 @@ def _list_row(r: dict) -> dict:
 
 async def list_items(conn: psycopg.AsyncConnection, q: ListQuery) -> dict:
     where, params, needs_line = _where(q)
+    needs_workflow = re.search(r"\bw\.", where.as_string(None)) is not None
     cur = conn.cursor(row_factory=dict_row)
-    line_join = sql.SQL("LEFT JOIN charge_line l ON l.line_id = a.line_id") if needs_line else sql.SQL("")
+    joins = sql.SQL(" ").join(
+        [
+            sql.SQL("LEFT JOIN alert_workflow w USING (alert_id)") if needs_workflow else sql.SQL(""),
+            sql.SQL("LEFT JOIN charge_line l ON l.line_id = a.line_id") if needs_line else sql.SQL(""),
+        ]
+    )
     await cur.execute(
-        sql.SQL(
-            "SELECT count(*) AS n FROM alert a LEFT JOIN alert_workflow w USING (alert_id) {j} WHERE {w}"
-        ).format(j=line_join, w=where),
-        params,
+        sql.SQL("SELECT count(*) AS n FROM alert a {j} WHERE {w}").format(j=joins, w=where), params
     )
     total = (await cur.fetchone())["n"]
     params = {**params, "limit": q.page_size, "offset": (q.page - 1) * q.page_size}
+    # The page's keys first (on the index of the sort, joining only what the filters
+    # need), then the page's rows with everything shown: a deep page does not join the
+    # rows it skips.
     await cur.execute(
         sql.SQL(
-            """SELECT {cols} FROM alert a LEFT JOIN alert_workflow w USING (alert_id)
-           LEFT JOIN charge_line l ON l.line_id = a.line_id
-           WHERE {w} ORDER BY {o} LIMIT %(limit)s OFFSET %(offset)s"""
-        ).format(cols=_LIST_COLUMNS, w=where, o=_order(q)),
+            """WITH page AS (
+                 SELECT a.alert_id FROM alert a {j} WHERE {w}
+                 ORDER BY {o} LIMIT %(limit)s OFFSET %(offset)s)
+               SELECT {cols} FROM page JOIN alert a USING (alert_id)
+               LEFT JOIN alert_workflow w USING (alert_id)
+               LEFT JOIN charge_line l ON l.line_id = a.line_id
+               ORDER BY {o}"""
+        ).format(cols=_LIST_COLUMNS, j=joins, w=where, o=_order(q)),
         params,
     )
     items = [_list_row(r) for r in await cur.fetchall()]

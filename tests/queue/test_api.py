@@ -443,3 +443,15 @@ def test_binds_loopback_by_default():
     from stream_app.queue.settings import QueueSettings
 
     assert QueueSettings().host == "127.0.0.1"
+
+
+def test_changed_since_returns_what_changed(env, coder):
+    _, svc = env
+    s, csrf = coder
+    url = svc.url("/api/v1/queues/coding/items")
+    since = s.get(svc.url("/api/v1/session"), timeout=10).json()["expires_at"]  # a server-side "now" + idle
+    r = s.get(url, params={"changed_since": "2000-01-01T00:00:00Z", "status": "all"}, timeout=10).json()
+    assert r["total"] == len([x for x in SEED if x[1] == "coding"])
+    assert s.get(url, params={"changed_since": since}, timeout=10).json()["total"] == 0
+    assert s.get(url, params={"changed_since": "yesterday"}, timeout=10).status_code == 400
+    assert s.get(url, params={"changed_since": "2025-03-14T10:00:00"}, timeout=10).status_code == 400

@@ -35,7 +35,12 @@ CREATE TABLE alert (
 );
 CREATE INDEX alert_queue_open_risk ON alert (work_queue, revenue_at_risk DESC, alert_id)
   WHERE state = 'open';
-CREATE INDEX alert_queue_open_age ON alert (work_queue, first_seen_at, alert_id) WHERE state = 'open';
+-- INCLUDE: the queue overview's counts and sums read the index alone.
+CREATE INDEX alert_queue_open_age ON alert (work_queue, first_seen_at, alert_id) INCLUDE (revenue_at_risk)
+  WHERE state = 'open';
+-- The list's filters count their matches from these alone.
+CREATE INDEX alert_queue_open_payer ON alert (work_queue, payer_class) WHERE state = 'open';
+CREATE INDEX alert_queue_open_reason ON alert (work_queue, reason_code) WHERE state = 'open';
 CREATE INDEX alert_queue_resolved ON alert (work_queue, resolved_at) WHERE state = 'resolved';
 CREATE INDEX alert_queue_all_risk ON alert (work_queue, revenue_at_risk DESC, alert_id);
 CREATE INDEX alert_line ON alert (line_id);
