@@ -63,11 +63,18 @@ def log(msg: str) -> None:
     print(f"queue-bench: {msg}", file=sys.stderr, flush=True)
 
 
+def run_script(args: list[str], env: dict | None = None) -> None:
+    """pg.sh / kafka.sh, their output on stderr (through Python: also under pytest's capture)."""
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    for line in (r.stdout + r.stderr).splitlines():
+        log(line)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({r.returncode})")
+
+
 def ensure_pg() -> tuple[str, int]:
     port = int(os.environ.get("PG_PORT", "55432"))
-    subprocess.run(
-        ["bash", str(PG_SH), "up"], check=True, stdout=sys.stderr, env={**os.environ, "PG_PORT": str(port)}
-    )
+    run_script(["bash", str(PG_SH), "up"], {"PG_PORT": str(port)})
     return "127.0.0.1", port
 
 
@@ -155,7 +162,7 @@ async def phase_kafka(pg, recs, tmp: Path) -> dict:
     from stream_app.topics import apply_topics
 
     port = os.environ.get("KAFKA_PORT", "9092")
-    subprocess.run(["bash", str(KAFKA_SH), "up"], check=True, stdout=sys.stderr)
+    run_script(["bash", str(KAFKA_SH), "up"])
     bootstrap = f"127.0.0.1:{port}"
     prefix = f"qbench-{os.getpid()}-{int(time.time())}."
     await apply_topics(bootstrap, prefix)
