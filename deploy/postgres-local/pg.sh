@@ -22,14 +22,34 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PORT="${PG_PORT:-55432}"
 HOST=127.0.0.1
 DATA="$HERE/data/$PORT"
-PGDATA="$DATA/pgdata"
-LOG="$DATA/postgres.log"
 DB="${PG_DATABASE:-chargecap_queue}"
 SERVICE_ROLE="${PG_SERVICE_ROLE:-chargecap_queue}"
 OS_USER="${PG_OS_USER:-postgres}"
 START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 
 say() { echo "postgres-local: $*"; }
+
+# As root the server runs as $OS_USER, which must reach the data folder. When the checkout
+# sits where that user cannot enter (a home directory with mode 700), the cluster lives in
+# that user's home instead and data/<port> is a symlink to it.
+place_data() {
+  if [[ "$(id -u)" == 0 && ! -L "$DATA" ]] && id "$OS_USER" >/dev/null 2>&1 &&
+    ! runuser -u "$OS_USER" -- test -x "$HERE"; then
+    local home real
+    home="$(getent passwd "$OS_USER" | cut -d: -f6)"
+    real="$home/chargecap-dev/$(echo "$HERE" | md5sum | cut -c1-12)/$PORT"
+    mkdir -p "$real" "$HERE/data"
+    chown -R "$OS_USER:" "$home/chargecap-dev"
+    [[ -d "$DATA" ]] && rmdir "$DATA" 2>/dev/null || true
+    ln -sfn "$real" "$DATA"
+  fi
+  if [[ -L "$DATA" ]]; then
+    DATA="$(readlink -f "$DATA")"
+  fi
+  PGDATA="$DATA/pgdata"
+  LOG="$DATA/postgres.log"
+}
+place_data
 die() { echo "postgres-local: $*" >&2; exit 1; }
 
 bindir() {
