@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import re
+import traceback
 from datetime import date, datetime, timedelta
 
 import orjson
@@ -85,12 +86,15 @@ async def errors_middleware(request: web.Request, handler):
                 exc.status, exc.reason, headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"}
             )
         raise
-    except Exception:
-        # No request data in the log: it may carry PHI.
-        log.exception(
-            "queue api: internal error on %s %s",
+    except Exception as exc:
+        # The exception's type and where it was raised, not its message: a database error
+        # can quote the values it refused, and those may carry PHI.
+        log.error(
+            "queue api: internal error %s on %s %s\n%s",
+            type(exc).__name__,
             request.method,
             request.match_info.route.resource and request.match_info.route.resource.canonical,
+            "".join(traceback.format_tb(exc.__traceback__)),
         )
         return _error(500, "internal error")
 
@@ -99,7 +103,7 @@ async def errors_middleware(request: web.Request, handler):
 async def auth_middleware(request: web.Request, handler):
     route = request.match_info.route
     canonical = route.resource.canonical if route.resource is not None else request.path
-    if (request.method, canonical) in PUBLIC or route.resource is None or request.method == "HEAD":
+    if (request.method, canonical) in PUBLIC or route.resource is None:
         return await handler(request)
     settings = request.app[SETTINGS]
     idle = timedelta(minutes=settings.session_idle_minutes)
@@ -141,6 +145,7 @@ async def headers_middleware(request: web.Request, handler):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
     return response
 
 

@@ -8,7 +8,7 @@ must be described here.
 from __future__ import annotations
 
 from stream_app.queue import store
-from stream_app.vocabulary import PAYER_CLASSES, REASON_CODES, WORK_QUEUES
+from stream_app.vocabulary import ALERT_STATES, LINE_STATES, PAYER_CLASSES, REASON_CODES, WORK_QUEUES
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _ERROR = {
@@ -100,7 +100,7 @@ _WORKFLOW = {
     "type": "object",
     "required": ["engine_state", "status", "workflow_status", "assignee", "updated_at", "updated_by"],
     "properties": {
-        "engine_state": {"type": "string", "enum": ["open", "resolved"]},
+        "engine_state": {"type": "string", "enum": list(ALERT_STATES)},
         "status": {"type": "string", "enum": list(store.DISPLAY_STATUSES)},
         "workflow_status": {"type": "string", "enum": list(store.WORKFLOW_STATUSES)},
         "assignee": _NULLABLE_STR,
@@ -140,7 +140,7 @@ _LIST_ITEM = {
         "service_date": {"type": ["string", "null"], "format": "date"},
         "code": _NULLABLE_STR,
         "revenue_at_risk": {"type": "number"},
-        "engine_state": {"type": "string", "enum": ["open", "resolved"]},
+        "engine_state": {"type": "string", "enum": list(ALERT_STATES)},
         "status": {"type": "string", "enum": list(store.DISPLAY_STATUSES)},
         "workflow_status": {"type": "string", "enum": list(store.WORKFLOW_STATUSES)},
         "assignee": _NULLABLE_STR,
@@ -238,7 +238,7 @@ _ITEM = {
     "properties": {
         "alert_id": {"type": "string"},
         "revision": {"type": "integer"},
-        "engine_state": {"type": "string", "enum": ["open", "resolved"]},
+        "engine_state": {"type": "string", "enum": list(ALERT_STATES)},
         "final": {"type": "boolean"},
         "reason_code": {"type": "string"},
         "severity": _NULLABLE_STR,
@@ -273,7 +273,7 @@ _ITEM = {
                 "properties": {
                     "line_id": {"type": "string"},
                     "revision": {"type": "integer"},
-                    "state": {"type": "string", "enum": ["active", "void"]},
+                    "state": {"type": "string", "enum": list(LINE_STATES)},
                 },
             },
         },
@@ -284,7 +284,7 @@ _ITEM = {
                 "required": ["revision", "state", "at", "severity", "revenue_at_risk", "final", "message"],
                 "properties": {
                     "revision": {"type": "integer"},
-                    "state": {"type": "string", "enum": ["open", "resolved"]},
+                    "state": {"type": "string", "enum": list(ALERT_STATES)},
                     "at": {"type": "string", "format": "date-time"},
                     "severity": _NULLABLE_STR,
                     "revenue_at_risk": {"type": ["number", "null"]},

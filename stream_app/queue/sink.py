@@ -26,7 +26,13 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from stream_app.config import Settings
 from stream_app.queue.metrics import QueueMetrics
 from stream_app.queue.schema import check_schema
-from stream_app.vocabulary import TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS
+from stream_app.vocabulary import (
+    ALERT_STATES,
+    LINE_STATES,
+    TOPIC_CHARGE_LINES,
+    TOPIC_CORRECTION_ALERTS,
+    WORK_QUEUES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +189,14 @@ def _state(value: dict, allowed: tuple[str, ...]) -> str:
     return v
 
 
+def _queue(value: dict) -> str:
+    v = _text(value, "work_queue", required=True)
+    if v not in WORK_QUEUES:
+        # No user could ever see it: kept as a reject, visible in sink_reject and the metrics.
+        raise RejectedMessage("field work_queue is not a known work queue")
+    return v
+
+
 def _decode(raw: bytes | None) -> tuple[dict, str]:
     if raw is None:
         raise RejectedMessage("tombstone (null value)")
@@ -203,11 +217,11 @@ def alert_row(raw: bytes | None, ts: datetime) -> tuple:
     return (
         _text(value, "alert_id", required=True),
         _revision(value),
-        _state(value, ("open", "resolved")),
+        _state(value, ALERT_STATES),
         bool(value.get("final", False)),
         _text(value, "reason_code", required=True),
         _text(value, "severity"),
-        _text(value, "work_queue", required=True),
+        _queue(value),
         _text(value, "payer_class"),
         _date(value, "service_date"),
         _text(value, "code"),
@@ -224,7 +238,7 @@ def line_row(raw: bytes | None, ts: datetime) -> tuple:
     return (
         _text(value, "line_id", required=True),
         _revision(value),
-        _state(value, ("active", "void")),
+        _state(value, LINE_STATES),
         bool(value.get("final", False)),
         _text(value, "payer_class"),
         _date(value, "service_date"),

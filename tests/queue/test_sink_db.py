@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from stream_app.queue.sink import Batch, RejectedMessage, alert_row, line_row, write_batch
+from stream_app.vocabulary import TOPIC_CORRECTION_ALERTS
 from tests.queue.service import ago, alert, charge_line, write
 
 
@@ -89,6 +90,10 @@ def test_writing_the_same_records_again_changes_nothing(queue_db):
     ("raw", "why"),
     [
         (None, "tombstone"),
+        (
+            b'{"alert_id": "a", "revision": 2, "state": "open", "reason_code": "X", "work_queue": "billing"}',
+            "work_queue is not a known work queue",
+        ),
         (b"{not json", "not UTF-8 JSON"),
         (b"[1, 2]", "not a JSON object"),
         (
@@ -120,7 +125,7 @@ def test_rejects_are_recorded_without_their_value(queue_db):
         conn = await psycopg.AsyncConnection.connect(queue_db.dsn)
         try:
             await write_batch(
-                conn, Batch(rejects=[("billing.correction-alerts", 0, 17, "value is not UTF-8 JSON")])
+                conn, Batch(rejects=[(TOPIC_CORRECTION_ALERTS, 0, 17, "value is not UTF-8 JSON")])
             )
         finally:
             await conn.close()
@@ -129,7 +134,7 @@ def test_rejects_are_recorded_without_their_value(queue_db):
     with queue_db.admin() as conn:
         cols = [c.name for c in conn.execute("SELECT * FROM sink_reject").description]
         rows = conn.execute('SELECT topic, partition, "offset", error FROM sink_reject').fetchall()
-    assert rows == [("billing.correction-alerts", 0, 17, "value is not UTF-8 JSON")]
+    assert rows == [(TOPIC_CORRECTION_ALERTS, 0, 17, "value is not UTF-8 JSON")]
     assert "raw" not in cols and "value" not in cols
 
 
