@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 
 def test_all_contract_commands_are_registered():
-    assert set(cli.COMMANDS) == {"worker", "topics", "replay", "generate", "demo"}
+    assert set(cli.COMMANDS) == {"worker", "topics", "replay", "generate", "demo", "queue"}
     assert cli.COMMANDS["worker"][0] == "stream_app.streaming.worker"
 
 
