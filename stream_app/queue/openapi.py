@@ -330,6 +330,32 @@ def openapi_document() -> dict:
         "servers": [{"url": "/"}],
         "security": [{"session": []}],
         "paths": {
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "security": [],
+                    "summary": "Whether the service reaches its database",
+                    "responses": {
+                        "200": _resp("Healthy", "Health"),
+                        "503": _resp("The database does not answer", "Health"),
+                        "405": _E405,
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "security": [],
+                    "summary": "Prometheus metrics (docs/work-queue.md, Metrics); no ids in labels",
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "405": _E405,
+                    },
+                }
+            },
             "/api/v1/session": {
                 "post": {
                     "operationId": "signIn",
@@ -475,6 +501,11 @@ def openapi_document() -> dict:
             "securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": "chargecap_session"}},
             "schemas": {
                 "Error": _ERROR,
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}},
+                },
                 "Session": _SESSION,
                 "QueueOverview": _OVERVIEW,
                 "QueueOverviews": {
