@@ -98,12 +98,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     command = args.queue_command
-    if command == "migrate":
-        return _migrate(args)
-    if command == "user":
-        return _user(args)
-    if command == "audit":
-        return _audit(args)
+    try:
+        if command == "migrate":
+            return _migrate(args)
+        if command == "user":
+            return _user(args)
+        if command == "audit":
+            return _audit(args)
+    except psycopg.OperationalError as exc:
+        print(f"chargecap queue {command}: cannot connect to PostgreSQL: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"chargecap queue {command}: {exc.diag.message_primary or exc}", file=sys.stderr)
+        return 2
     return asyncio.run(_serve(args, api=command in ("serve", "run"), sink=command in ("sink", "run")))
 
 
