@@ -15,6 +15,7 @@ import orjson
 import psycopg
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream_app.vocabulary import (
     PAYER_CLASSES,
@@ -136,6 +137,19 @@ def rows_written(svc) -> float:
     )
 
 
+def sink_lag(svc) -> dict[tuple[str, str], float]:
+    try:
+        text = requests.get(svc.url("/metrics"), timeout=2).text
+    except requests.RequestException:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "chargecap_queue_sink_lag_messages":
+                out[(s.labels["topic"], s.labels["partition"])] = s.value
+    return out
+
+
 def count(db, table) -> int:
     with psycopg.connect(db.admin_dsn) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -178,6 +192,16 @@ async def test_db_equals_topics_after_sigkill_and_after_a_replay(
             120,
             "the database to equal the topics",
         )
+        # Caught up: the sink's own lag gauge says so for every partition of both topics.
+        lag = await asyncio.to_thread(
+            wait_until,
+            lambda: (lambda v: v if len(v) == 6 and not any(v.values()) else None)(sink_lag(second)),
+            30,
+            "the sink's lag gauge to read 0",
+        )
+        assert set(lag) == {
+            (prefix + t, str(p)) for t in (TOPIC_CORRECTION_ALERTS, TOPIC_CHARGE_LINES) for p in range(3)
+        }
     finally:
         second.stop()
         watch.stop.set()
