@@ -232,6 +232,7 @@ def _list_query(request: web.Request, queue: str, *, paged: bool = True) -> stor
         status=_choice(request, "status", store.STATUS_FILTERS, "active"),
         assignee=_opt(request, "assignee", auth.USERNAME_MAX),
         changed_since=_datetime(request, "changed_since"),
+        search=_opt(request, "search", ID_MAX),
         sort=_choice(request, "sort", store.SORTS, "dollars_at_risk"),
         order=_choice(request, "order", store.ORDERS),
         page=_int(request, "page", 1, 1, MAX_PAGE) if paged else 1,

@@ -79,6 +79,11 @@ _FILTERS = [
     ),
     _q("assignee", {"type": "string", "minLength": 1, "maxLength": 64}, "only items assigned to this user"),
     _q(
+        "search",
+        {"type": "string", "minLength": 1, "maxLength": 200},
+        "an alert id, patient id or encounter id (exact)",
+    ),
+    _q(
         "changed_since",
         {"type": "string", "format": "date-time"},
         "only items with a new engine revision or a workflow change at or after this instant "

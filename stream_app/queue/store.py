@@ -53,6 +53,7 @@ class ListQuery:
     status: str = "active"
     assignee: str | None = None
     changed_since: datetime | None = None
+    search: str | None = None
     sort: str = "dollars_at_risk"
     order: str | None = None
     page: int = 1
@@ -155,6 +156,14 @@ def _where(q: ListQuery) -> tuple[sql.Composable, dict, bool]:
     if q.assignee:
         parts.append(sql.SQL("w.assignee = %(assignee)s"))
         params["assignee"] = q.assignee
+    if q.search:
+        parts.append(
+            sql.SQL(
+                "(a.alert_id = %(search)s OR a.payload->>'patient_id' = %(search)s"
+                " OR a.payload->>'encounter_id' = %(search)s)"
+            )
+        )
+        params["search"] = q.search
     if q.changed_since:
         # A new engine revision or a person's change: what a hospital's own system polls for.
         parts.append(sql.SQL("(a.updated_at >= %(changed_since)s OR w.updated_at >= %(changed_since)s)"))

@@ -455,3 +455,25 @@ def test_changed_since_returns_what_changed(env, coder):
     assert s.get(url, params={"changed_since": since}, timeout=10).json()["total"] == 0
     assert s.get(url, params={"changed_since": "yesterday"}, timeout=10).status_code == 400
     assert s.get(url, params={"changed_since": "2025-03-14T10:00:00"}, timeout=10).status_code == 400
+
+
+def test_search_by_patient_or_encounter_stays_within_the_users_queues(env, coder, pharmacist):
+    _, svc = env
+    s, _ = coder
+    url = svc.url("/api/v1/queues/coding/items")
+    # Every seeded alert is patient P1, encounter E1 (tests/queue/service.py alert()).
+    by_patient = s.get(url, params={"search": "P1", "status": "all"}, timeout=10).json()
+    assert by_patient["total"] == len([x for x in SEED if x[1] == "coding"])
+    assert (
+        s.get(url, params={"search": "E1", "status": "all"}, timeout=10).json()["total"]
+        == by_patient["total"]
+    )
+    assert [i["alert_id"] for i in s.get(url, params={"search": "c-9d"}, timeout=10).json()["items"]] == [
+        "c-9d"
+    ]
+    assert s.get(url, params={"search": "P2"}, timeout=10).json()["total"] == 0
+    # The pharmacist's search of the same patient finds only pharmacy items.
+    p, _ = pharmacist
+    found = p.get(svc.url("/api/v1/queues/pharmacy/items"), params={"search": "P1"}, timeout=10).json()
+    assert [i["alert_id"] for i in found["items"]] == ["p-1"]
+    assert p.get(url, params={"search": "P1"}, timeout=10).status_code == 403

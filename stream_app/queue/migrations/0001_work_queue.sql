@@ -44,6 +44,9 @@ CREATE INDEX alert_queue_open_reason ON alert (work_queue, reason_code) WHERE st
 CREATE INDEX alert_queue_resolved ON alert (work_queue, resolved_at) WHERE state = 'resolved';
 CREATE INDEX alert_queue_all_risk ON alert (work_queue, revenue_at_risk DESC, alert_id);
 CREATE INDEX alert_line ON alert (line_id);
+-- The list's search: a biller looks an item up by the patient or encounter in front of them.
+CREATE INDEX alert_patient ON alert ((payload->>'patient_id'));
+CREATE INDEX alert_encounter ON alert ((payload->>'encounter_id'));
 
 -- Every revision of every alert, append-only.
 CREATE TABLE alert_revision (
