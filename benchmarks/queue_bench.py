@@ -208,9 +208,20 @@ async def phase_kafka(pg, recs, tmp: Path) -> dict:
     finally:
         svc.stop()
         drop_queue_db(db)
-        from tests.conftest import delete_topics_with_prefix
+        await delete_topics(bootstrap, prefix)
 
-        await delete_topics_with_prefix(bootstrap, prefix)
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 def seed_items(db, n: int, seed: int = 11) -> None:

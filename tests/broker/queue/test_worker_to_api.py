@@ -11,7 +11,6 @@ import orjson
 import psycopg
 import pytest
 
-from stream_app.generate import generate_messages
 from stream_app.vocabulary import (
     EM_MISSING_MODIFIER_25,
     TOPIC_CHARGE_LINES,
@@ -21,8 +20,10 @@ from stream_app.vocabulary import (
     TOPIC_MEDICATION_ADMINISTRATIONS,
 )
 from tests.broker.queue.support import Worker, db_latest, last_per_key, produce, wait_until
-from tests.conftest import EXAMPLES_DIR
-from tests.queue.service import QueueService, add_user, sign_in
+from tests.queue.pg import REPO
+from tests.queue.service import QueueService, add_user, chargecap, sign_in
+
+EXAMPLES_DIR = REPO.parent / "shared" / "spec" / "examples"
 
 pytestmark = pytest.mark.integration
 
@@ -83,18 +84,33 @@ async def test_stream_to_db_and_a_correction_to_the_api(
     try:
         await asyncio.to_thread(worker.wait_ready)
         await asyncio.to_thread(service.wait_ready)
-        await produce(
-            kafka_bootstrap,
-            generate_messages(
-                11,
-                records=1200,
-                redeliver_rate=0.05,
-                amend_rate=0.08,
-                shuffle_window=40,
-                malformed_rate=0.0,
-                topic_prefix=prefix,
-            ),
+        # The generator's stream, produced by its own command (duplicates, amendments,
+        # out-of-order arrival).
+        gen = await asyncio.to_thread(
+            chargecap,
+            "generate",
+            "--seed",
+            "11",
+            "--records",
+            "1200",
+            "--redeliver-rate",
+            "0.05",
+            "--amend-rate",
+            "0.08",
+            "--shuffle-window",
+            "40",
+            "--malformed-rate",
+            "0",
+            "--produce",
+            "--rate",
+            "0",
+            "--broker",
+            f"kafka://{kafka_bootstrap}",
+            "--topic-prefix",
+            prefix,
+            timeout=300,
         )
+        assert gen.returncode == 0, gen.stderr
 
         # The worker's output stops changing, and the database holds exactly its last message per key.
         async def settled():
