@@ -15,11 +15,15 @@ export KAFKA_PORT
 KAFKA_CLUSTER := deploy/kafka-local/cluster.sh
 KAFKA_CLUSTER_PORT ?= 19092
 export KAFKA_CLUSTER_PORT
+PG := deploy/postgres-local/pg.sh
+PG_PORT ?= 55432
+export PG_PORT
 PYTEST_ARGS ?=
 
 .PHONY: help bootstrap venv install lock kafka-fetch kafka-up kafka-down kafka-status \
         kafka-cluster-up kafka-cluster-down kafka-cluster-status \
-        prometheus lint test demo bench bench-replay bench-failover topics
+        prometheus lint test demo bench bench-replay bench-failover topics \
+        pg-install pg-up pg-down pg-status
 
 help:
 	@echo "make demo          start Kafka, apply topics, run the end-to-end demo"
@@ -30,6 +34,8 @@ help:
 	@echo "make kafka-cluster-up    three KRaft nodes on 127.0.0.1:\$$KAFKA_CLUSTER_PORT..+2 (default 19092)"
 	@echo "make kafka-cluster-down  stop them (only the processes kafka-cluster-up started)"
 	@echo "make kafka-fetch   resolve the Kafka jars from Maven Central"
+	@echo "make pg-up         start the local PostgreSQL on 127.0.0.1:\$$PG_PORT (default 55432), print DSNs"
+	@echo "make pg-down       stop it (only the server pg-up started)"
 	@echo "make lock          refresh requirements.lock from pyproject.toml"
 	@echo "make bench | bench-replay | bench-failover"
 
@@ -73,6 +79,20 @@ kafka-cluster-down:
 kafka-cluster-status:
 	$(KAFKA_CLUSTER) status
 
+# Debian's postgresql package for the work-queue service; the tests' fixture starts the
+# server itself (tests/queue/postgres.py), as the Kafka fixture does.
+pg-install:
+	$(PG) install
+
+pg-up:
+	$(PG) up
+
+pg-down:
+	$(PG) down
+
+pg-status:
+	$(PG) status
+
 prometheus:
 	command -v promtool >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
@@ -83,7 +103,7 @@ topics: install kafka-up
 	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
 
 # pytest's exit code 5 ("no tests collected") fails this target, as any non-zero does.
-test: bootstrap prometheus
+test: bootstrap prometheus pg-install
 	$(VENV)/bin/ruff check stream_app tests
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
@@ -91,8 +111,9 @@ demo: bootstrap kafka-up
 	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
 	CHARGECAP_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m stream_app demo
 
-bench: install
+bench: install pg-install
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/queue_bench.py
 
 bench-replay: install
 	$(PY) benchmarks/bench_replay.py
