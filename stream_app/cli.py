@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("stream_app.devtools.generate", "write or produce a synthetic EHR event stream"),
     "demo": ("stream_app.devtools.demo", "end-to-end demo on the local Kafka"),
     "rules": ("stream_app.cms.command", "rule data: import CMS quarterly files (rules import)"),
+    "report": ("stream_app.report.command", "charge-capture audit report (HTML/PDF) for a period"),
 }
 
 EXIT_UNAVAILABLE = 2
