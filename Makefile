@@ -13,7 +13,7 @@ export KAFKA_PORT
 PYTEST_ARGS ?=
 
 .PHONY: help bootstrap venv install lock kafka-fetch kafka-up kafka-down kafka-status \
-        prometheus lint test demo bench bench-replay topics
+        prometheus chromium lint test demo bench bench-replay topics
 
 help:
 	@echo "make demo          start Kafka, apply topics, run the end-to-end demo"
@@ -59,6 +59,14 @@ kafka-status:
 prometheus:
 	command -v promtool >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
+# Debian's Chromium (the report's PDF and its browser tests; no browser download),
+# poppler-utils (pdfinfo/pdftotext in those tests) and the DejaVu fonts the charts name.
+chromium:
+	command -v chromium >/dev/null 2>&1 && command -v pdftotext >/dev/null 2>&1 \
+	  && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
+	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	      chromium poppler-utils fonts-dejavu-core)
+
 lint: $(PY)
 	$(VENV)/bin/ruff check stream_app tests
 
@@ -66,7 +74,7 @@ topics: install kafka-up
 	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
 
 # pytest's exit code 5 ("no tests collected") fails this target, as any non-zero does.
-test: bootstrap prometheus
+test: bootstrap prometheus chromium
 	$(VENV)/bin/ruff check stream_app tests
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 

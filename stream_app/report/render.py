@@ -36,8 +36,12 @@ tr { break-inside: avoid; page-break-inside: avoid; }
 thead { display: table-header-group; }
 section { break-before: page; page-break-before: always; }
 section.first { break-before: auto; page-break-before: auto; }
-table.worklist td { font-size: 7.5pt; text-align: left; }
-@media screen { body { background: #fff; } }
+/* the open items need the width of a landscape page: ids never wrap */
+@page worklist { size: Letter landscape; margin: 12mm 10mm; }
+section#worklist { page: worklist; }
+table.worklist td, table.worklist th { font-size: 7pt; text-align: left; padding: 2px 3px; }
+table.worklist td.id { white-space: nowrap; }
+@media print { body { max-width: none; padding: 0; } }
 """
 
 
@@ -66,13 +70,14 @@ def _change(kind: str, a, b) -> str:
     return f"{int(d):+,}"
 
 
-def table_html(t: Table, css_class: str = "", total_label: str | None = "all") -> str:
+def table_html(t: Table, css_class: str = "", total_label: str | None = "all",
+               nowrap: tuple[str, ...] = ()) -> str:
     head = "".join(f'<th class="{k}">{escape(c)}</th>' for c, k in t.columns)
     body = []
     for row in t.rows:
         cls = ' class="total"' if total_label is not None and row and row[0] == total_label else ""
-        cells = "".join(f'<td class="{k}">{escape(_fmt(k, x))}</td>'
-                        for (_, k), x in zip(t.columns, row, strict=True))
+        cells = "".join(f'<td class="{k}{" id" if c in nowrap else ""}">{escape(_fmt(k, x))}</td>'
+                        for (c, k), x in zip(t.columns, row, strict=True))
         body.append(f"<tr{cls}>{cells}</tr>")
     if not t.rows:
         body.append(f'<tr><td class="text" colspan="{len(t.columns)}">none in this period</td></tr>')
@@ -162,7 +167,8 @@ def render(fig: Figures, charts: dict[str, str], source: str, worklist: bool,
     ]
     if worklist and "worklist" in t:
         parts += ['<section id="worklist"><h2>Open items (contains PHI)</h2>',
-                  table_html(t["worklist"], "worklist", total_label=None), "</section>"]
+                  table_html(t["worklist"], "worklist", total_label=None,
+                             nowrap=("Alert id", "Patient id", "Encounter id", "Service date")), "</section>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Charge-capture audit {p.first} to {p.last}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -33,7 +33,7 @@ class _Tables(HTMLParser):
         if tag in ("td", "th") and self._cell is not None:
             text = "".join(self._cell).strip()
             # text columns (labels such as modifier 25 or an NPI) stay strings
-            self._row.append(text if self._kind == "text" else value(text))
+            self._row.append(text if "text" in self._kind.split() else value(text))
             self._cell = None
         elif tag == "tr" and self._row is not None:
             if not self._empty:
