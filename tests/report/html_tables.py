@@ -49,13 +49,15 @@ class _Tables(HTMLParser):
 
 
 def value(cell: str):
-    """'$1,234.56' -> 1234.56, '83.5 %' -> 0.835, '1,234' -> 1234, '—' -> None, else text."""
+    """'$1,234.56' -> 1234.56, '83.5 %' -> 0.835, '12.5 h' -> 12.5, '1,234' -> 1234, '—' -> None, else text."""
     if cell == "—":
         return None
     if re.fullmatch(r"\$-?[\d,]+\.\d\d", cell):
         return float(cell[1:].replace(",", ""))
     if re.fullmatch(r"-?[\d.]+ %", cell):
         return float(cell[:-2]) / 100
+    if re.fullmatch(r"-?[\d,]+\.\d h", cell):
+        return float(cell[:-2].replace(",", ""))
     if re.fullmatch(r"-?[\d,]+", cell):
         return int(cell.replace(",", ""))
     return cell
