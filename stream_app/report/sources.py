@@ -175,7 +175,8 @@ def load_postgres(con: duckdb.DuckDBPyConnection, dsn: str, window: Window) -> N
             with psycopg.connect(dsn, autocommit=True) as pg:
                 pg.execute("SET default_transaction_read_only = on")
                 for sql, path in ((_PG_LINES, lines_csv), (_PG_ALERTS, alerts_csv)):
-                    query = pg.cursor().mogrify(sql, params)
+                    # COPY takes no bind parameters: the dates are quoted client-side
+                    query = psycopg.ClientCursor(pg).mogrify(sql, params)
                     with pg.cursor().copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)") \
                             as copy, open(path, "wb") as fh:
                         for chunk in copy:

@@ -49,7 +49,8 @@ class _Tables(HTMLParser):
 
 
 def value(cell: str):
-    """'$1,234.56' -> 1234.56, '83.5 %' -> 0.835, '12.5 h' -> 12.5, '1,234' -> 1234, '—' -> None, else text."""
+    """'$1,234.56' -> 1234.56, '83.5 %' -> 0.835, '12.5 h' -> 12.5, '1,234' -> 1234,
+    '—' -> None, else the text."""
     if cell == "—":
         return None
     if re.fullmatch(r"\$-?[\d,]+\.\d\d", cell):

