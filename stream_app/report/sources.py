@@ -158,8 +158,9 @@ SELECT a.alert_id, a.state, a.reason_code, a.severity, a.work_queue,
        CASE WHEN a.state = 'resolved' THEN a.resolved_at END AS resolved_at,
        a.line_id, (a.payload->'lines')::text AS lines
 FROM alert a
-LEFT JOIN (SELECT alert_id, min(kafka_ts) FILTER (WHERE state = 'open') AS first_open_at
-           FROM alert_revision GROUP BY alert_id) h USING (alert_id)
+-- per alert of the window only, through alert_revision's primary key (alert_id, revision)
+LEFT JOIN LATERAL (SELECT min(r.kafka_ts) AS first_open_at FROM alert_revision r
+                   WHERE r.alert_id = a.alert_id AND r.state = 'open') h ON true
 WHERE a.service_date BETWEEN %(first)s AND %(last)s
 """
 
