@@ -65,6 +65,8 @@ def _barh(salt: str, labels: list[str], series: list[tuple[str, list[float], str
     ax.set_xlabel(xlabel)
     if money:
         ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("${x:,.0f}"))
+    else:  # counts: whole ticks only
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if n > 1:
         ax.legend(frameon=False, loc="lower right")
     ax.grid(axis="x", color="#e2e8f0")
@@ -85,6 +87,7 @@ def _stacked(salt: str, labels: list[str], parts: list[tuple[str, list[float], s
         left = [a + b for a, b in zip(left, vals, strict=True)]
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(frameon=False, loc="lower right", fontsize=7.5)
     ax.grid(axis="x", color="#e2e8f0")
     ax.set_axisbelow(True)
@@ -167,6 +170,7 @@ def weekly_chart(t: Table) -> str:
     fig, ax = plt.subplots(figsize=(WIDTH, 2.2))
     ax.bar(range(len(weeks)), _col(t, "New alerts"), color=ORANGE, label="New alerts")
     ax.set_ylabel("new alerts")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xticks(range(len(weeks)), weeks, rotation=45, ha="right")
     ax2 = ax.twinx()
     ax2.plot(range(len(weeks)), _col(t, "At risk now"), color=BLUE, marker="o",
