@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 .PHONY: help bootstrap venv install lock kafka-fetch kafka-up kafka-down kafka-status \
         kafka-cluster-up kafka-cluster-down kafka-cluster-status \
         prometheus lint test demo bench bench-replay bench-failover topics \
-        pg-install pg-up pg-down pg-status
+        pg-install pg-up pg-down pg-status chromium bench-report
 
 help:
 	@echo "make demo          start Kafka, apply topics, run the end-to-end demo"
@@ -37,7 +37,7 @@ help:
 	@echo "make pg-up         start the local PostgreSQL on 127.0.0.1:\$$PG_PORT (default 55432), print DSNs"
 	@echo "make pg-down       stop it (only the server pg-up started)"
 	@echo "make lock          refresh requirements.lock from pyproject.toml"
-	@echo "make bench | bench-replay | bench-failover"
+	@echo "make bench | bench-replay | bench-failover | bench-report"
 
 $(PY):
 	command -v $(PYTHON_BOOT) >/dev/null 2>&1 || { echo "$(PYTHON_BOOT) not found; install Python 3.11: apt-get update && apt-get install -y python3.11 python3.11-venv"; exit 1; }
@@ -96,6 +96,14 @@ pg-status:
 prometheus:
 	command -v promtool >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
+# Debian's Chromium (the report's PDF and its browser tests; no browser download),
+# poppler-utils (pdfinfo/pdftotext in those tests) and the DejaVu fonts the charts name.
+chromium:
+	command -v chromium >/dev/null 2>&1 && command -v pdftotext >/dev/null 2>&1 \
+	  && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
+	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	      chromium poppler-utils fonts-dejavu-core)
+
 lint: $(PY)
 	$(VENV)/bin/ruff check stream_app tests
 
@@ -103,7 +111,7 @@ topics: install kafka-up
 	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
 
 # pytest's exit code 5 ("no tests collected") fails this target, as any non-zero does.
-test: bootstrap prometheus pg-install
+test: bootstrap prometheus pg-install chromium
 	$(VENV)/bin/ruff check stream_app tests
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
@@ -111,9 +119,14 @@ demo: bootstrap kafka-up
 	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
 	CHARGECAP_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m stream_app demo
 
-bench: install pg-install
+bench: install pg-install chromium
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/queue_bench.py
+	$(PY) benchmarks/report_bench.py
+
+# The audit report alone: 30 days over 1,000,000 charge lines (docs/performance.md).
+bench-report: install chromium
+	$(PY) benchmarks/report_bench.py
 
 bench-replay: install
 	$(PY) benchmarks/bench_replay.py

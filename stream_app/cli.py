@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("stream_app.devtools.demo", "end-to-end demo on the local Kafka"),
     "rules": ("stream_app.cms.command", "rule data: import CMS quarterly files (rules import)"),
     "queue": ("stream_app.queue.cli", "the billing work queue: migrate, serve, sink, user, audit"),
+    "report": ("stream_app.report.command", "charge-capture audit report (HTML/PDF) for a period"),
 }
 
 EXIT_UNAVAILABLE = 2

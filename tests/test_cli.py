@@ -12,7 +12,7 @@ from tests.support.paths import REPO
 
 
 def test_all_contract_commands_are_registered():
-    assert set(cli.COMMANDS) == {"worker", "topics", "replay", "generate", "demo", "rules", "queue"}
+    assert set(cli.COMMANDS) == {"worker", "topics", "replay", "generate", "demo", "rules", "queue", "report"}
     assert cli.COMMANDS["worker"][0] == "stream_app.streaming.worker"
 
 

@@ -269,8 +269,12 @@ class Engine:
             "predicted_denial": {"carc": info.carc, "rarc": info.rarc},
             "patient_id": patient_id, "encounter_id": a.record.encounter_id,
             "service_date": iso, "payer_class": a.record.payer_class,
-            "code": a.code,
+            "code": a.code, "rendering_npi": a.record.rendering_npi,
             "line_id": lines[0].key if lines else None,
+            # every line the alert holds or warns about: a held line may never be emitted,
+            # so its code and value are known downstream (the audit report) only from here
+            "lines": [{"line_id": ln.key, "code": ln.code, "expected_reimbursement": ln.expected}
+                      for ln in lines],
             "revenue_at_risk": round(sum(ln.expected for ln in lines), 2),
             "source_event_ids": sorted(events), "details": a.details,
         }
