@@ -23,8 +23,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-pytest.importorskip("stream_app.queue.sink", reason="the work-queue service (issue 20) is not in this tree")
-
 from stream_app.queue.sink import Batch, alert_row, line_row, write_batch  # noqa: E402
 from tests.queue.pg import create_queue_db, drop_queue_db, pg_server  # noqa: E402,F401
 from tests.report import dataset  # noqa: E402
