@@ -5,9 +5,12 @@
 * Layers import downwards only:
   - `vocabulary` imports nothing of the project;
   - the engine imports only itself, `vocabulary`, the standard library and orjson;
-  - adapters (every module outside the engine, the shell, the commands and devtools:
-    config, metrics, topics, runtime, rule data...) never import the shell, a command
-    or devtools;
+  - the edge (every module outside the engine, the shell, the services, the commands and
+    devtools: adapters, rule loading and import, config, metrics, topics, runtime) never
+    imports the shell, a service, a command or devtools;
+  - the services (`stream_app.queue`, `stream_app.report`: their own processes around the
+    work queue's database) never import the shell, a command or devtools; the report
+    reads the queue's schema, the queue never imports the report;
   - the Faust shell (`stream_app.streaming`) is imported by nobody outside it (the CLI
     starts the worker by module name);
   - development tools (`stream_app.devtools`) use the product; no product module
@@ -31,6 +34,8 @@ from tests.support.paths import REPO
 ENGINE = f"{PACKAGE}.engine"
 VOCABULARY = f"{PACKAGE}.vocabulary"
 SHELL = f"{PACKAGE}.streaming"
+QUEUE = f"{PACKAGE}.queue"
+REPORT = f"{PACKAGE}.report"
 DEVTOOLS = f"{PACKAGE}.devtools"
 # Entry points: the CLI and the commands that are not the shell or a development tool.
 COMMANDS = (f"{PACKAGE}.cli", f"{PACKAGE}.__main__", f"{PACKAGE}.replay")
@@ -51,9 +56,11 @@ def layer_of(module: str) -> str:
         return "shell"
     if within(module, DEVTOOLS):
         return "devtools"
+    if within(module, QUEUE) or within(module, REPORT):
+        return "service"
     if module in COMMANDS:
         return "command"
-    return "adapter"
+    return "edge"
 
 
 GRAPH = import_graph()
@@ -61,9 +68,9 @@ GRAPH = import_graph()
 
 def test_the_layers_exist():
     modules = package_modules()
-    for package in (ENGINE, SHELL, DEVTOOLS, VOCABULARY):
+    for package in (ENGINE, SHELL, QUEUE, REPORT, DEVTOOLS, VOCABULARY):
         assert package in modules, f"{package} is gone: update the layer names in this test"
-    assert any(layer_of(m) == "adapter" for m in modules)
+    assert any(layer_of(m) == "edge" for m in modules)
 
 
 def test_every_module_imports_alone_in_a_fresh_interpreter():
@@ -125,12 +132,23 @@ def test_nothing_outside_the_engine_reaches_past_its_public_api():
     assert _violations(allowed) == []
 
 
-def test_adapters_do_not_import_the_shell_commands_or_devtools():
+def test_the_edge_does_not_import_the_shell_services_commands_or_devtools():
     def allowed(module: str, target: str) -> bool:
-        if layer_of(module) not in ("adapter", "engine", "vocabulary"):
+        if layer_of(module) not in ("edge", "engine", "vocabulary"):
             return True
         return not within(target, PACKAGE) or layer_of(target) not in (
-            "shell", "command", "devtools")
+            "shell", "service", "command", "devtools")
+
+    assert _violations(allowed) == []
+
+
+def test_services_do_not_import_the_shell_commands_or_devtools():
+    def allowed(module: str, target: str) -> bool:
+        if layer_of(module) != "service" or not within(target, PACKAGE):
+            return True
+        if within(module, QUEUE) and within(target, REPORT):
+            return False
+        return layer_of(target) not in ("shell", "command", "devtools")
 
     assert _violations(allowed) == []
 
@@ -151,7 +169,8 @@ def test_product_modules_do_not_import_devtools():
 
 @pytest.mark.parametrize("layer, module, target", [
     ("engine", f"{ENGINE}.engine", f"{PACKAGE}.config"),
-    ("adapter", f"{PACKAGE}.metrics", SHELL),
+    ("edge", f"{PACKAGE}.metrics", SHELL),
+    ("service", f"{QUEUE}.api", f"{REPORT}.figures"),
     ("devtools", f"{PACKAGE}.topics", f"{DEVTOOLS}.demo"),
 ])
 def test_the_rules_catch_an_upward_import(layer, module, target):
@@ -162,8 +181,11 @@ def test_the_rules_catch_an_upward_import(layer, module, target):
     rules = {
         "engine": lambda m, t: layer_of(m) != "engine" or not within(t, PACKAGE)
         or within(t, ENGINE) or t in (VOCABULARY, PACKAGE),
-        "adapter": lambda m, t: layer_of(m) != "adapter" or not within(t, PACKAGE)
-        or layer_of(t) not in ("shell", "command", "devtools"),
+        "edge": lambda m, t: layer_of(m) != "edge" or not within(t, PACKAGE)
+        or layer_of(t) not in ("shell", "service", "command", "devtools"),
+        "service": lambda m, t: layer_of(m) != "service" or not within(t, PACKAGE)
+        or not (within(m, QUEUE) and within(t, REPORT))
+        and layer_of(t) not in ("shell", "command", "devtools"),
         "devtools": lambda m, t: layer_of(t) != "devtools" or layer_of(m) == "devtools",
     }
     bad = [(m, i.target) for m, imps in planted.items() for i in imps
