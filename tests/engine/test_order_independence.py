@@ -2,8 +2,8 @@
 redeliveries, dispenses and encounter.updated versions (whose context records inherit,
 ehr-mapping.md §2, including a zone that moves the service date), any arrival order and
 any batching gives the same settled view (contract.md §3), and every void line / resolved
-alert was preceded by its
-active / open revision of the same key, with revisions strictly increasing per key."""
+alert was preceded by its active / open revision of the same key, with revisions strictly
+increasing per key."""
 
 from __future__ import annotations
 
