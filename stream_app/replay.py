@@ -275,16 +275,13 @@ def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
             site_config[0] = load_site_config(None)
         return site_config[0]
 
-    index = None
-    bulk_files = [p for p, f in formats.items() if f == NDJSON and _first_line_is_fhir(p)]
-    if bulk_files:
-        # FHIR Bulk Data (one type per file): the context resources of every FHIR NDJSON
-        # file given are the resolution scope of each line (ehr-mapping.md §3.1).
-        from stream_app.adapters.fhir import BulkIndex
-
-        index = BulkIndex()
-        for _source, _, raw in _iter_lines(bulk_files):
-            index.add_line(raw)
+    # FHIR Bulk Data (one resource type per file): an NDJSON file whose first record is a
+    # FHIR resource. The adapter's bulk helper indexes the context resources of all of them
+    # (the export's resolution scope, ehr-mapping.md §3.1) and maps every other line; they
+    # are read together where the first of them comes (the settled view does not depend on
+    # the order).
+    bulk_files = [p for p, f in formats.items()
+                  if f == NDJSON and p != "-" and _first_line_is_fhir(p)]
 
     def adapted(out, source: str, line_of) -> Iterator[tuple[str, int, bytes, object]]:
         for dl in out.dead_letters:
@@ -295,15 +292,21 @@ def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
 
     for path in paths:
         fmt = formats[path]
+        if path in bulk_files:
+            if path == bulk_files[0]:
+                from stream_app.adapters.fhir import adapt_bulk
+
+                by_path = {Path(p): p for p in bulk_files}
+                for file, n, out in adapt_bulk(bulk_files, site_rows(), default_tz=default_tz):
+                    yield from adapted(out, by_path.get(Path(file), str(file)),
+                                       lambda _raw, n=n: n)
+            continue
         if fmt == NDJSON:
             for source, n, raw in _iter_lines([path]):
-                if _is_fhir(raw):
+                if _is_fhir(raw):  # a FHIR resource or Bundle among canonical lines
                     from stream_app.adapters.fhir import adapt as fhir_adapt
-                    from stream_app.adapters.fhir.bulk import _is_context_only
 
-                    if index is not None and _is_context_only(raw):
-                        continue  # indexed above; yields nothing of its own (§1)
-                    out = fhir_adapt(raw, site_rows(), default_tz=default_tz, bulk=index)
+                    out = fhir_adapt(raw, site_rows(), default_tz=default_tz)
                     yield from adapted(out, source, lambda _raw, n=n: n)
                 else:
                     yield source, n, raw, parse_record(raw, default_tz=default_tz)
