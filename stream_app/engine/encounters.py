@@ -99,7 +99,7 @@ def lacks_context(rec) -> bool:
             or rec.rendering_npi is None or not rec.timezone_given)
 
 
-def merge(rec, ctx: Context, zone_of, ) -> Inherited:
+def merge(rec, ctx: Context, zone_of) -> Inherited:
     """`rec` with each context field it lacks taken from `ctx` (its own value always wins);
     a dispense takes only the zone. `zone_of(name)` is the ZoneInfo of a known zone name:
     a new zone recomputes the service date."""

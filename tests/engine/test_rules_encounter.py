@@ -339,6 +339,24 @@ def test_in_progress_at_close_is_missing_documentation():
         assert "ended_at" in a["details"]["missing_fields"]
 
 
+def test_in_progress_at_close_in_the_worker():
+    eng = engine()
+    res = Result()
+    state, out = eng.ingest(None, [parse(admin_raw(in_progress=True))], 0.0)
+    res.keep(out)
+    state, out = eng.advance(state, SETTLED_NOW)
+    res.keep(out)
+    assert res.alerts == [] and res.lines == []  # settled but still in progress: waits
+    close = eng.next_due(state)  # the day's close (2025-03-14 + close_after_seconds)
+    assert close > SETTLED_NOW
+    state, out = eng.advance(state, close)
+    res.keep(out)
+    alert = res.alert(V.MISSING_DOCUMENTATION)
+    assert alert["final"] is True and alert["details"] == {"missing_fields": ["ended_at"],
+                                                           "cause": "still_in_progress"}
+    assert res.lines == []
+
+
 # --------------------------------------------------------------------------- zone and dates
 
 
