@@ -303,7 +303,7 @@ def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
             continue
         if fmt == NDJSON:
             for source, n, raw in _iter_lines([path]):
-                if _is_fhir(raw):  # a FHIR resource or Bundle among canonical lines
+                if _FHIR_KEY in raw and _is_fhir(raw):  # FHIR among canonical lines
                     from stream_app.adapters.fhir import adapt as fhir_adapt
 
                     out = fhir_adapt(raw, site_rows(), default_tz=default_tz)

@@ -22,10 +22,23 @@ from zoneinfo import ZoneInfo
 from stream_app.engine import normalise
 from stream_app.engine.decisions import Decision, EngineSettings, Outcome
 from stream_app.engine.derive import Alert, DayView, Evaluator, Line
-from stream_app.engine.encounters import NO_CONTEXT, Context, context_of, merge, needed_versions
+from stream_app.engine.encounters import (
+    NO_CONTEXT,
+    Context,
+    context_of,
+    merge,
+    needed_versions,
+)
 from stream_app.engine.ruledata import RuleSet
 from stream_app.engine.state import DayState, Emitted, PatientState
-from stream_app.vocabulary import ALERT, ALERT_STATES, ENCOUNTER_UPDATED, LINE, LINE_STATES
+from stream_app.vocabulary import (
+    ALERT,
+    ALERT_STATES,
+    DISPENSE,
+    ENCOUNTER_UPDATED,
+    LINE,
+    LINE_STATES,
+)
 
 ACTIVE, VOID = LINE_STATES
 OPEN, RESOLVED = ALERT_STATES
@@ -70,9 +83,20 @@ class Engine:
                 contexts.pop(eid, None)
                 changed.add(eid)
                 continue
-            # Day bookkeeping follows the effective service date (the encounter's zone).
-            eff = self._inherit(state, rec, contexts)
-            state.seen[rec.event_id] = self._touch(state, eff, now, out, message=True)
+            # Day bookkeeping follows the effective service date: only a record without its
+            # own zone can take another (its encounter's).
+            eff = rec if rec.timezone_given else self._inherit(state, rec, contexts)
+            iso = eff.service_date.isoformat()
+            state.seen[rec.event_id] = iso
+            ds = state.days.get(iso)  # _touch inlined: this is the per-record hot path
+            if ds is None:
+                ds = state.days[iso] = DayState()
+                out.opened_days += 1
+            elif ds.closed:
+                out.late += 1
+            ds.last_input_at = now
+            ds.settled_evaluated = False
+            ds.end_ts = max(ds.end_ts, _end_of_day(eff.service_date, eff.timezone))
             key = (rec.event_type, rec.record_id)
             cur = state.records.get(key)
             if cur is None or (rec.recorded_at, rec.event_id) > (cur.recorded_at, cur.event_id):
@@ -238,8 +262,15 @@ class Engine:
         records = state.records.values()
         contexts: dict[str, Context] = {}
         awaiting: set[tuple[str, str]] = set()  # pending for want of their encounter
-        if state.encounters or any(r.encounter_id is not None or not r.timezone_given
-                                   for r in records):
+        if not state.encounters:
+            # No context to inherit: records derive as they are; those with an encounter
+            # id that lack a context field await it.
+            # (encounters.lacks_context, inlined: this runs for every record)
+            awaiting = {(r.event_type, r.record_id) for r in records
+                        if r.encounter_id is not None and r.event_type != DISPENSE
+                        and (r.place_of_service is None or r.payer_class is None
+                             or r.rendering_npi is None or not r.timezone_given)}
+        else:
             derived = []
             zone_of = normalise.zone
             for rec in records:

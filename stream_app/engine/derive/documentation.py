@@ -37,7 +37,8 @@ class DocumentationRules(RuleFamily):
         subject = "rec:" + rec.record_id
         code = self._line_code(f) or rec.charge_code
         self._missing_documentation(f, alerts, subject, code, day_closed)
-        self._context_missing(rec, alerts, subject, code, contexts or {})
+        if rec.place_of_service is None or rec.payer_class is None:
+            self._context_missing(rec, alerts, subject, code, contexts or {})
         self._diagnosis(rec, alerts, subject, code, required=True)
         self._npi(rec, alerts, subject, code, (("rendering_npi", rec.rendering_npi),
                                                ("supervising_npi", rec.supervising_npi)))

@@ -49,6 +49,9 @@ class EncounterRules(RuleFamily):
         for e in ems:
             if not e.code:
                 continue
+            if e.place_of_service is not None and e.payer_class is not None and not (
+                    e.in_progress and day_closed):
+                continue
             subject = "rec:" + e.record_id
             self._context_missing(e, alerts, subject, e.code, contexts)
             if e.in_progress and day_closed:

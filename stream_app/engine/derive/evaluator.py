@@ -96,11 +96,15 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
             day_facts = by_day.get(day, [])
             day_ems = em_by_day.get(day, [])
             day_settled = settled(day)
-            day_closed = closed(day) if closed is not None else day_settled
-            pending = self._pending(day_facts, day_ems, awaiting, day_settled, day_closed)
-            if pending:
-                day_pending[day] = pending
-                view.awaits_settle = not day_settled and not pending.isdisjoint(awaiting)
+            # Only a record in progress asks whether the day closes (most days have none).
+            in_progress = any(f.rec.in_progress for f in day_facts) or any(
+                e.in_progress for e in day_ems)
+            day_closed = in_progress and (closed(day) if closed is not None else day_settled)
+            if awaiting or in_progress:
+                pending = self._pending(day_facts, day_ems, awaiting, day_settled, day_closed)
+                if pending:
+                    day_pending[day] = pending
+                    view.awaits_settle = not day_settled and not pending.isdisjoint(awaiting)
             self._mark_duplicates(day_facts, alerts)
             self._code_administrations(patient_id, day, day_facts, alerts)
             for f in day_facts:
