@@ -168,12 +168,11 @@ def _opt_codes(obj: dict, key: str, path: str) -> tuple[str, ...] | None:
     return tuple(out) if out else None
 
 
-def _opt_flag(obj: dict, key: str) -> bool:
-    v = obj.get(key)
-    if v is None:
-        return False
+def _flag(v: object, path: str) -> bool:
+    """A present optional boolean (absent is False, read at the call site: most records
+    do not carry the field)."""
     if type(v) is not bool:
-        raise _wrong(key, "must be true or false")
+        raise _wrong(path, "must be true or false")
     return v
 
 
@@ -365,7 +364,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
             _opt_upper(obj, "charge_code", "charge_code"),
             _opt_codes(obj, "charge_modifiers", "charge_modifiers") or (),
-            _opt_flag(obj, "in_progress"),
+            False if (flag := obj.get("in_progress")) is None else _flag(flag, "in_progress"),
         )
 
     if event_type == EM_SERVICE:
@@ -385,7 +384,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
                       ", ".join(PAYER_CLASSES)),
             _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
             _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
-            _opt_flag(obj, "in_progress"),
+            False if (flag := obj.get("in_progress")) is None else _flag(flag, "in_progress"),
         )
 
     if event_type == ENCOUNTER_UPDATED:

@@ -87,6 +87,7 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
         for e in ems:
             em_by_day.setdefault(e.service_date, []).append(e)
 
+        any_in_progress = any(a.in_progress for a in admins) or any(e.in_progress for e in ems)
         views: dict[date, DayView] = {}
         day_alerts: dict[date, list[Alert]] = {}
         day_pending: dict[date, set[tuple[str, str]]] = {}
@@ -97,8 +98,8 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
             day_ems = em_by_day.get(day, [])
             day_settled = settled(day)
             # Only a record in progress asks whether the day closes (most days have none).
-            in_progress = any(f.rec.in_progress for f in day_facts) or any(
-                e.in_progress for e in day_ems)
+            in_progress = any_in_progress and (any(f.rec.in_progress for f in day_facts)
+                                               or any(e.in_progress for e in day_ems))
             day_closed = in_progress and (closed(day) if closed is not None else day_settled)
             if awaiting or in_progress:
                 pending = self._pending(day_facts, day_ems, awaiting, day_settled, day_closed)
