@@ -1,6 +1,12 @@
 """`python -m stream_app replay FILE... [--out DIR]` (contract.md §5).
 
-Runs the engine in-process over NDJSON files in arrival order. The clock stands still
+Runs the engine in-process over input files in arrival order. Each file's format is
+detected by content (ehr-mapping.md §1): first non-blank byte `{` -> JSON, one record per
+line (NDJSON: canonical records and `encounter.updated` by `event_type`, FHIR resources or
+Bundles by `resourceType`, FHIR Bulk Data files indexed together first) or, when the first
+line is not a JSON value of its own, one JSON document (a FHIR Bundle file); `MSH`, `FHS`,
+`BHS` or 0x0B -> HL7 v2 (every message of the file). Anything else is read as NDJSON, so
+its lines become the contract's dead letters. The clock stands still
 while input is read (nothing settles or closes); at the end of input every patient-day
 settles, then closes. Writes the highest revision per key, sorted by key.
 """
@@ -8,6 +14,7 @@ settles, then closes. Writes the highest revision per key, sorted by key.
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import sys
 from collections import Counter, defaultdict
@@ -18,7 +25,7 @@ from pathlib import Path
 import orjson
 
 from stream_app.engine import DeadLetter, Engine, PatientState, parse_record
-from stream_app.vocabulary import LINE
+from stream_app.vocabulary import LINE, TOPIC_ENCOUNTERS
 
 # Records are handed to the engine per patient in chunks of this many input lines, as
 # the worker does per batch; the settled view does not depend on it (contract.md §3).
@@ -67,19 +74,31 @@ def dead_letter_from_file(dl: DeadLetter, raw: bytes, source: str, line: int) ->
             "raw": raw.decode("utf-8", "replace"), "source": source, "line": line}
 
 
-def replay(paths: list[str], engine: Engine, default_tz: str = "UTC") -> ReplayResult:
+def adapter_dead_letter(dl, source: str, line: int) -> dict:
+    """An adapter's refusal in the contract's shape: `field` the FHIR path or HL7 position,
+    `raw` the unit or refused entry (base64 when it is not UTF-8, ehr-mapping.md §1)."""
+    try:
+        raw = dl.raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raw = base64.b64encode(dl.raw).decode("ascii")
+    return {"error_code": dl.error_code, "error": dl.error, "field": dl.field, "raw": raw,
+            "source": source, "line": line}
+
+
+def replay(paths: list[str], engine: Engine, default_tz: str = "UTC", site=None) -> ReplayResult:
+    """`site`: the adapters' SiteConfig (stream_app.adapters.site), packaged rows if None."""
     # Replay builds millions of small, acyclic objects that live to the end of the run;
     # the cyclic collector would rescan them over and over for nothing.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _replay(paths, engine, default_tz)
+        return _replay(paths, engine, default_tz, site)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _replay(paths: list[str], engine: Engine, default_tz: str) -> ReplayResult:
+def _replay(paths: list[str], engine: Engine, default_tz: str, site) -> ReplayResult:
     res = ReplayResult()
     states: dict[str, PatientState] = {}
 
@@ -97,8 +116,7 @@ def _replay(paths: list[str], engine: Engine, default_tz: str) -> ReplayResult:
 
     pending: dict[str, list] = defaultdict(list)
     count = 0
-    for source, n, raw in _iter_lines(paths):
-        rec = parse_record(raw, default_tz=default_tz)
+    for source, n, raw, rec in _iter_records(paths, engine, default_tz, site, res):
         if isinstance(rec, DeadLetter):
             res.dead_letters.append(dead_letter_from_file(rec, raw, source, n))
             continue
@@ -169,7 +187,14 @@ def run(args: argparse.Namespace) -> int:
     except RuleDataError as exc:
         print(f"chargecap replay: bad rule data: {exc}", file=sys.stderr)
         return 2
-    res = replay(args.files, engine, settings.timezone)
+    from stream_app.adapters.site import SiteConfigError, load_site_config
+
+    try:
+        site = load_site_config(settings.rules_dir)
+    except SiteConfigError as exc:
+        print(f"chargecap replay: bad site configuration: {exc}", file=sys.stderr)
+        return 2
+    res = replay(args.files, engine, settings.timezone, site)
     if args.out is not None:
         write_outputs(res, args.out)
     if args.metrics is not None:
@@ -184,7 +209,7 @@ def write_metrics(res: ReplayResult, path: Path) -> None:
 
     m = Metrics()
     for event_type, n in res.by_event_type.items():
-        m.consumed(EVENT_TYPE_TOPICS[event_type], n)
+        m.consumed(EVENT_TYPE_TOPICS.get(event_type, TOPIC_ENCOUNTERS), n)
     for v in res.lines.values():
         m.record_line(v)
     for v in res.alerts.values():
@@ -192,3 +217,131 @@ def write_metrics(res: ReplayResult, path: Path) -> None:
     for dl in res.dead_letters:
         m.dead_lettered(dl["source"], dl["error_code"])
     write_textfile(m, str(path))
+
+
+# ------------------------------------------------------------------ input formats
+
+NDJSON, JSON_DOCUMENT, HL7V2 = "ndjson", "json", "hl7v2"
+_HL7_STARTS = (b"MSH", b"FHS", b"BHS", b"\x0b")
+_FHIR_KEY = b'"resourceType"'
+
+
+def detect_format(path: str) -> str:
+    """The file's format by content (ehr-mapping.md §1). Standard input is NDJSON."""
+    if path == "-":
+        return NDJSON
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+        start = head.lstrip()
+        if start.startswith(_HL7_STARTS):
+            return HL7V2
+        if not start.startswith(b"{"):
+            return NDJSON
+        first = start.split(b"\n", 1)[0]
+        try:
+            orjson.loads(first)
+            return NDJSON
+        except orjson.JSONDecodeError:
+            pass
+        fh.seek(0)
+        try:
+            orjson.loads(fh.read())
+            return JSON_DOCUMENT
+        except orjson.JSONDecodeError:
+            return NDJSON
+
+
+def _is_fhir(raw: bytes) -> bool:
+    if _FHIR_KEY not in raw:  # canonical lines pay only this test
+        return False
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return type(doc) is dict and "resourceType" in doc and "event_type" not in doc
+
+
+def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
+                  res: ReplayResult) -> Iterator[tuple[str, int, bytes, object]]:
+    """(source, line, raw, record or DeadLetter) for every input unit; adapter refusals
+    go straight to `res.dead_letters`."""
+    formats = {p: detect_format(p) for p in paths}
+    site_config = [site]
+
+    def site_rows():
+        if site_config[0] is None:
+            from stream_app.adapters.site import load_site_config
+
+            site_config[0] = load_site_config(None)
+        return site_config[0]
+
+    # FHIR Bulk Data (one resource type per file): an NDJSON file whose first record is a
+    # FHIR resource. The adapter's bulk helper indexes the context resources of all of them
+    # (the export's resolution scope, ehr-mapping.md §3.1) and maps every other line; they
+    # are read together where the first of them comes (the settled view does not depend on
+    # the order).
+    bulk_files = [p for p, f in formats.items()
+                  if f == NDJSON and p != "-" and _first_line_is_fhir(p)]
+
+    def adapted(out, source: str, line_of) -> Iterator[tuple[str, int, bytes, object]]:
+        for dl in out.dead_letters:
+            res.dead_letters.append(adapter_dead_letter(dl, source, line_of(dl.raw)))
+        for rec in out.records:
+            raw = orjson.dumps(rec)
+            yield source, line_of(None), raw, parse_record(raw, default_tz=default_tz)
+
+    for path in paths:
+        fmt = formats[path]
+        if path in bulk_files:
+            if path == bulk_files[0]:
+                from stream_app.adapters.fhir import adapt_bulk
+
+                by_path = {Path(p): p for p in bulk_files}
+                for file, n, out in adapt_bulk(bulk_files, site_rows(), default_tz=default_tz):
+                    yield from adapted(out, by_path.get(Path(file), str(file)),
+                                       lambda _raw, n=n: n)
+            continue
+        if fmt == NDJSON:
+            for source, n, raw in _iter_lines([path]):
+                if _FHIR_KEY in raw and _is_fhir(raw):  # FHIR among canonical lines
+                    from stream_app.adapters.fhir import adapt as fhir_adapt
+
+                    out = fhir_adapt(raw, site_rows(), default_tz=default_tz)
+                    yield from adapted(out, source, lambda _raw, n=n: n)
+                else:
+                    yield source, n, raw, parse_record(raw, default_tz=default_tz)
+            continue
+        with open(path, "rb") as fh:
+            data = fh.read()
+        if fmt == JSON_DOCUMENT:
+            if _is_fhir(data):
+                from stream_app.adapters.fhir import adapt as fhir_adapt
+
+                yield from adapted(fhir_adapt(data, site_rows(), default_tz=default_tz), path,
+                                   lambda _raw: 1)
+            else:
+                yield path, 1, data, parse_record(data, default_tz=default_tz)
+        else:
+            yield from adapted(_adapt_hl7(data, site_rows(), default_tz, engine), path,
+                               lambda raw, data=data: _line_of(data, raw))
+
+
+def _adapt_hl7(data: bytes, site, default_tz: str, engine: Engine):
+    """The single dispatch point to the HL7 v2 adapter (ehr-mapping.md §4)."""
+    from stream_app.adapters.hl7v2 import adapt
+
+    return adapt(data, site, default_tz=default_tz, rules=engine.rules)
+
+
+def _line_of(data: bytes, unit: bytes | None) -> int:
+    """1-based line of the file where `unit` (a message) starts; 1 if not found."""
+    if not unit:
+        return 1
+    at = data.find(unit.lstrip(b"\x0b")[:64])
+    return data.count(b"\n", 0, at) + 1 if at >= 0 else 1
+
+
+def _first_line_is_fhir(path: str) -> bool:
+    for _, _, raw in _iter_lines([path]):
+        return _is_fhir(raw)
+    return False

@@ -17,6 +17,9 @@ TOPIC_DISPENSES = "pharmacy.dispenses"
 TOPIC_CHARGE_LINES = "billing.charge-lines"
 TOPIC_CORRECTION_ALERTS = "billing.correction-alerts"
 TOPIC_DEAD_LETTERS = "billing.dead-letters"
+# ehr-mapping.md §2: encounter.updated from canonical producers (the worker's wiring of
+# it comes with the EHR topics).
+TOPIC_ENCOUNTERS = "ehr.encounters"
 
 INPUT_TOPICS = (TOPIC_MEDICATION_ADMINISTRATIONS, TOPIC_EM_SERVICES, TOPIC_DISPENSES)
 OUTPUT_TOPICS = (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS, TOPIC_DEAD_LETTERS)
@@ -108,6 +111,9 @@ MISSING_NDC = "MISSING_NDC"
 INVALID_NDC = "INVALID_NDC"
 NDC_MISMATCH = "NDC_MISMATCH"
 MISSING_DOCUMENTATION = "MISSING_DOCUMENTATION"
+# ehr-mapping.md §2: a settled administration or E/M record still lacks place of service
+# or payer class (its own, and its encounter did not supply it).
+ENCOUNTER_CONTEXT_MISSING = "ENCOUNTER_CONTEXT_MISSING"
 MISSING_DIAGNOSIS = "MISSING_DIAGNOSIS"
 INVALID_DIAGNOSIS_CODE = "INVALID_DIAGNOSIS_CODE"
 INVALID_NPI = "INVALID_NPI"
@@ -126,12 +132,8 @@ REASON_CODES = (
     MODIFIER_NOT_ALLOWED, MISSING_NDC, INVALID_NDC, NDC_MISMATCH, MISSING_DOCUMENTATION,
     MISSING_DIAGNOSIS, INVALID_DIAGNOSIS_CODE, INVALID_NPI, MISSING_SUPERVISION,
     DUPLICATE_SERVICE, MUE_EXCEEDED, FREQUENCY_LIMIT, WASTE_MODIFIER_MISSING,
-    DRUG_UNITS_UNKNOWN, ADDON_WITHOUT_PRIMARY, FACILITY_ONLY_CODE,
+    DRUG_UNITS_UNKNOWN, ADDON_WITHOUT_PRIMARY, FACILITY_ONLY_CODE, ENCOUNTER_CONTEXT_MISSING,
 )
-
-# ehr-mapping.md §2: a settled administration or E/M record still lacks place of service
-# or payer class. Not in REASON_CODES until rules/reason_codes.csv has its row.
-ENCOUNTER_CONTEXT_MISSING = "ENCOUNTER_CONTEXT_MISSING"
 
 # Reasons whose severity is decided per case (MAI; a frequency-limit row); every other
 # reason has the one severity of its reason_codes.csv row.
@@ -212,4 +214,5 @@ REASON_ROUTING: dict[str, tuple[tuple[str, ...], str]] = {
     DRUG_UNITS_UNKNOWN: ((WARN,), "pharmacy"),
     ADDON_WITHOUT_PRIMARY: ((BLOCK,), "coding"),
     FACILITY_ONLY_CODE: ((BLOCK,), "coding"),
+    ENCOUNTER_CONTEXT_MISSING: ((BLOCK,), "facility_billing"),
 }

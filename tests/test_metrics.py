@@ -256,6 +256,15 @@ def test_reason_table_matches_contract_and_rule_data():
         if m:
             table[m.group(1)] = (set(re.findall(r"\b(warn|block)\b", m.group(2))), m.group(3))
     assert len(table) == 23
+    # ehr-mapping.md §2 extends the table with ENCOUNTER_CONTEXT_MISSING
+    mapping = (SPEC_DIR / "ehr-mapping.md").read_text()
+    section = mapping[mapping.index("| reason_code |"):]
+    section = section[:section.index("\n\n")]
+    for row in section.splitlines():
+        m = re.match(r"\| `([A-Z0-9_]+)` \|.*\| ([^|]+) \| ([a-z_]+) \| [^|]+ \|$", row)
+        if m:
+            table[m.group(1)] = (set(re.findall(r"\b(warn|block)\b", m.group(2))), m.group(3))
+    assert len(table) == 24
     assert {r: (set(s), q) for r, (s, q) in M.REASON_CODES.items()} == table
     assert {q for _, q in M.REASON_CODES.values()} == set(M.WORK_QUEUES)
     with open(REPO / "stream_app" / "rules" / "reason_codes.csv", newline="") as f:

@@ -44,7 +44,21 @@ def test_every_schema_is_valid_draft_2020_12(path: Path):
 
 def test_schema_files_exist_for_all_record_types():
     names = {p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json")}
-    assert names == {*INPUT_TYPES, "charge_line", "correction_alert", "dead_letter"}
+    assert names == {*INPUT_TYPES, "encounter.updated", "charge_line", "correction_alert",
+                     "dead_letter"}
+
+
+def test_encounter_schema_requires_the_hard_fields_and_the_encounter_id():
+    # ehr-mapping.md §2: record_id and encounter_id required (and equal: the parser's check)
+    schema = json.loads((SCHEMAS / "encounter.updated.schema.json").read_text())
+    assert set(schema["required"]) == {"event_type", "event_id", "record_id", "encounter_id",
+                                       "patient_id", "occurred_at"}
+    ok = {"event_type": "encounter.updated", "event_id": "e1", "record_id": "E1",
+          "encounter_id": "E1", "patient_id": "P1", "occurred_at": "2025-03-14T09:00:00-05:00",
+          "place_of_service": "11", "payer_class": "commercial"}
+    assert errors("encounter.updated", ok) == []
+    assert errors("encounter.updated", {k: v for k, v in ok.items() if k != "encounter_id"})
+    assert errors("encounter.updated", {**ok, "event_type": "em.service"})
 
 
 def test_office_visit_example_is_accepted():

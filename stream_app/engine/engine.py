@@ -19,11 +19,26 @@ from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from stream_app.engine import normalise
 from stream_app.engine.decisions import Decision, EngineSettings, Outcome
 from stream_app.engine.derive import Alert, DayView, Evaluator, Line
+from stream_app.engine.encounters import (
+    NO_CONTEXT,
+    Context,
+    context_of,
+    merge,
+    needed_versions,
+)
 from stream_app.engine.ruledata import RuleSet
 from stream_app.engine.state import DayState, Emitted, PatientState
-from stream_app.vocabulary import ALERT, ALERT_STATES, LINE, LINE_STATES
+from stream_app.vocabulary import (
+    ALERT,
+    ALERT_STATES,
+    DISPENSE,
+    ENCOUNTER_UPDATED,
+    LINE,
+    LINE_STATES,
+)
 
 ACTIVE, VOID = LINE_STATES
 OPEN, RESOLVED = ALERT_STATES
@@ -54,13 +69,26 @@ class Engine:
             return state, out
         if state is None:
             state = PatientState(records[0].patient_id)
+        contexts: dict[str, Context] = {}  # this batch's look-ups, dropped on a new version
+        changed: set[str] = set()  # encounters with a new version in this batch
         for rec in records:
             if rec.event_id in state.seen:
                 out.duplicates += 1
                 continue
-            iso = rec.service_date.isoformat()
+            if rec.event_type == ENCOUNTER_UPDATED:
+                # The encounter's own day gives it a lifetime when no record refers to it.
+                state.seen[rec.event_id] = self._touch(state, rec, now, out, message=True)
+                eid = rec.encounter_id
+                state.encounters[eid] = needed_versions([*state.encounters.get(eid, ()), rec])
+                contexts.pop(eid, None)
+                changed.add(eid)
+                continue
+            # Day bookkeeping follows the effective service date: only a record without its
+            # own zone can take another (its encounter's).
+            eff = rec if rec.timezone_given else self._inherit(state, rec, contexts)
+            iso = eff.service_date.isoformat()
             state.seen[rec.event_id] = iso
-            ds = state.days.get(iso)
+            ds = state.days.get(iso)  # _touch inlined: this is the per-record hot path
             if ds is None:
                 ds = state.days[iso] = DayState()
                 out.opened_days += 1
@@ -68,11 +96,17 @@ class Engine:
                 out.late += 1
             ds.last_input_at = now
             ds.settled_evaluated = False
-            ds.end_ts = max(ds.end_ts, _end_of_day(rec.service_date, rec.timezone))
+            ds.end_ts = max(ds.end_ts, _end_of_day(eff.service_date, eff.timezone))
             key = (rec.event_type, rec.record_id)
             cur = state.records.get(key)
             if cur is None or (rec.recorded_at, rec.event_id) > (cur.recorded_at, cur.event_id):
                 state.records[key] = rec
+        if changed:
+            # A context change re-derives the encounter's records, maybe on another date.
+            for rec in state.records.values():
+                if rec.encounter_id in changed:
+                    eff = self._inherit(state, rec, contexts)
+                    state.seen[rec.event_id] = self._touch(state, eff, now, out, message=False)
         if evaluate:
             self._evaluate(state, now, rev_floor, out)
         return state, out
@@ -96,6 +130,9 @@ class Engine:
         for ds in closing:
             ds.closed_at = now
             out.closed_days += 1
+        if closing and not evaluate:
+            # A record still in progress at close raises MISSING_DOCUMENTATION then.
+            evaluate = any(getattr(r, "in_progress", False) for r in state.records.values())
         if evaluate:
             self._evaluate(state, now, rev_floor, out)
         else:
@@ -110,7 +147,7 @@ class Engine:
                rev_floor: int = 0) -> tuple[PatientState, Outcome]:
         """End of replay input: every patient-day settles, then closes."""
         out = Outcome()
-        views = self._evaluate(state, now, rev_floor, out, force_settled=True)
+        views = self._evaluate(state, now, rev_floor, out, force_settled=True, force_closed=True)
         for ds in state.days.values():
             if not ds.closed:
                 ds.closed_at = now
@@ -150,19 +187,67 @@ class Engine:
         s = self.settings
         return max(ds.end_ts + s.close_after_seconds, ds.last_input_at + s.settle_seconds)
 
+    @staticmethod
+    def _context(state: PatientState, eid: str | None, cache: dict[str, Context]) -> Context:
+        if eid is None:
+            return NO_CONTEXT
+        ctx = cache.get(eid)
+        if ctx is None:
+            versions = state.encounters.get(eid)
+            ctx = cache[eid] = context_of(versions) if versions else NO_CONTEXT
+        return ctx
+
+    def _inherit(self, state: PatientState, rec, cache: dict[str, Context]):
+        """The record as derived: its gaps filled from its encounter's context."""
+        if rec.encounter_id is None and rec.timezone_given:
+            return rec
+        return merge(rec, self._context(state, rec.encounter_id, cache), normalise.zone).record
+
+    @staticmethod
+    def _touch(state: PatientState, rec, now: float, out: Outcome, *, message: bool) -> str:
+        """Mark the record's (effective) service date as having new input; its ISO date."""
+        iso = rec.service_date.isoformat()
+        ds = state.days.get(iso)
+        if ds is None:
+            ds = state.days[iso] = DayState()
+            out.opened_days += 1
+        elif ds.closed and message:
+            out.late += 1
+        ds.last_input_at = now
+        ds.settled_evaluated = False
+        ds.end_ts = max(ds.end_ts, _end_of_day(rec.service_date, rec.timezone))
+        return iso
+
     def _drop_day(self, state: PatientState, iso: str) -> None:
         del state.days[iso]
-        state.records = {k: r for k, r in state.records.items() if r.service_date.isoformat() != iso}
+        cache: dict[str, Context] = {}
+        state.records = {k: r for k, r in state.records.items()
+                         if self._inherit(state, r, cache).service_date.isoformat() != iso}
         state.seen = {e: d for e, d in state.seen.items() if d != iso}
+        if state.encounters:
+            # An encounter lives while a retained patient-day refers to it: one of its
+            # records' days, or the day of one of its own versions.
+            referred = {r.encounter_id for r in state.records.values()}
+            for eid, versions in list(state.encounters.items()):
+                if eid in referred or any(v.service_date.isoformat() in state.days
+                                          for v in versions):
+                    continue
+                del state.encounters[eid]
+                for v in versions:
+                    state.seen.pop(v.event_id, None)
 
     def _evaluate(self, state: PatientState, now: float, rev_floor: int, out: Outcome,
-                  force_settled: bool = False) -> dict[date, DayView]:
+                  force_settled: bool = False, force_closed: bool = False) -> dict[date, DayView]:
         settle = self.settings.settle_seconds
         days = state.days
 
         def settled(day: date) -> bool:
             ds = days.get(day.isoformat())
             return force_settled or ds is None or ds.closed or now >= ds.last_input_at + settle
+
+        def closed(day: date) -> bool:
+            ds = days.get(day.isoformat())
+            return force_closed or ds is None or ds.closed
 
         waiting: set[date] = set()  # days where a MISSING_NDC waits for the day to settle
 
@@ -174,14 +259,41 @@ class Engine:
             waiting.add(day)
             return False
 
-        views = self.evaluator.evaluate_patient(state.patient_id, state.records.values(),
-                                                settled, open_missing_ndc)
+        records = state.records.values()
+        contexts: dict[str, Context] = {}
+        awaiting: set[tuple[str, str]] = set()  # pending for want of their encounter
+        if not state.encounters:
+            # No context to inherit: records derive as they are; those with an encounter
+            # id that lack a context field await it.
+            # (encounters.lacks_context, inlined: this runs for every record)
+            awaiting = {(r.event_type, r.record_id) for r in records
+                        if r.encounter_id is not None and r.event_type != DISPENSE
+                        and (r.place_of_service is None or r.payer_class is None
+                             or r.rendering_npi is None or not r.timezone_given)}
+        else:
+            derived = []
+            zone_of = normalise.zone
+            for rec in records:
+                if rec.encounter_id is None and rec.timezone_given:
+                    derived.append(rec)
+                    continue
+                ctx = self._context(state, rec.encounter_id, contexts)
+                inherited = merge(rec, ctx, zone_of)
+                derived.append(inherited.record)
+                if inherited.awaits_encounter:
+                    awaiting.add((rec.event_type, rec.record_id))
+            records = derived
+        views = self.evaluator.evaluate_patient(state.patient_id, records, settled,
+                                                open_missing_ndc, closed=closed,
+                                                awaiting=awaiting, contexts=contexts)
         for iso, ds in days.items():
             day = date.fromisoformat(iso)
-            self._diff_day(state, ds, views.get(day), rev_floor, out)
-            # Only a MISSING_NDC held back until settle makes a later settle evaluation
-            # worthwhile; without one the day's decisions cannot change by waiting.
-            ds.settled_evaluated = day not in waiting
+            view = views.get(day)
+            self._diff_day(state, ds, view, rev_floor, out)
+            # Only a MISSING_NDC or a record awaiting its encounter, held back until
+            # settle, makes a later settle evaluation worthwhile; without one the day's
+            # decisions cannot change by waiting.
+            ds.settled_evaluated = day not in waiting and not (view and view.awaits_settle)
         return views
 
     def _diff_day(self, state: PatientState, ds: DayState, view: DayView | None, rev_floor: int,
@@ -266,7 +378,7 @@ class Engine:
             "alert_id": key, "state": OPEN, "final": final,
             "reason_code": a.reason_code, "severity": a.severity or info.severity,
             "work_queue": info.work_queue, "message": a.message, "suggested_fix": a.suggested_fix,
-            "predicted_denial": {"carc": info.carc, "rarc": info.rarc},
+            "predicted_denial": {"carc": info.carc, "rarc": a.rarc or info.rarc},
             "patient_id": patient_id, "encounter_id": a.record.encounter_id,
             "service_date": iso, "payer_class": a.record.payer_class,
             "code": a.code, "rendering_npi": a.record.rendering_npi,

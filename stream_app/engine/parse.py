@@ -20,6 +20,7 @@ from stream_app.engine.records import (
     Dispense,
     Drug,
     EMService,
+    Encounter,
     InputRecord,
 )
 from stream_app.vocabulary import (
@@ -27,9 +28,11 @@ from stream_app.vocabulary import (
     COMPLETED,
     CONTAINERS,
     DRUG_CATEGORIES,
+    EHR_EVENT_TYPES,
     EM_SERVICE,
+    ENCOUNTER_UPDATED,
     ENTERED_IN_ERROR,
-    EVENT_TYPES,
+    INCONSISTENT_FIELD,
     INVALID_ENCODING,
     INVALID_JSON,
     INVALID_TIMESTAMP,
@@ -163,6 +166,14 @@ def _opt_codes(obj: dict, key: str, path: str) -> tuple[str, ...] | None:
         if item:
             out.append(item.upper())
     return tuple(out) if out else None
+
+
+def _flag(v: object, path: str) -> bool:
+    """A present optional boolean (absent is False, read at the call site: most records
+    do not carry the field)."""
+    if type(v) is not bool:
+        raise _wrong(path, "must be true or false")
+    return v
 
 
 def _opt_pos(obj: dict, key: str) -> str | None:
@@ -306,7 +317,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
                        "completed, entered-in-error") or COMPLETED
     recorded_at = _opt_timestamp(obj, "recorded_at") or occurred_at
     encounter_id = _opt_str(obj, "encounter_id", "encounter_id", MAX_ID_CHARS)
-    tz = _opt_str(obj, "facility_timezone", "facility_timezone", MAX_ID_CHARS)
+    tz = own_tz = _opt_str(obj, "facility_timezone", "facility_timezone", MAX_ID_CHARS)
     if tz is None:
         tz = default_tz
         zi = normalise.zone(tz)
@@ -321,6 +332,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
     # aware here and tz a known zone, and timestamps rarely repeat, so the cache's hashing
     # of an aware datetime cost more than the conversion it saved.
     service_date = occurred_at.astimezone(zi).date()
+    tz_given = own_tz is not None
 
     # The records are built positionally (_new_*: see _constructor), in their dataclass
     # field order (checked by _check_field_order at import): keyword matching over ~20
@@ -336,7 +348,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             raise _wrong("route", "is not a recognised route of administration")
         return _new_administration(
             event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
-            status, encounter_id,
+            status, encounter_id, tz_given,
             ended_at,
             _opt_pos(obj, "place_of_service"),
             _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
@@ -352,6 +364,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
             _opt_upper(obj, "charge_code", "charge_code"),
             _opt_codes(obj, "charge_modifiers", "charge_modifiers") or (),
+            False if (flag := obj.get("in_progress")) is None else _flag(flag, "in_progress"),
         )
 
     if event_type == EM_SERVICE:
@@ -362,7 +375,7 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
             raise _wrong("separately_identifiable", "must be true or false")
         return _new_em_service(
             event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
-            status, encounter_id,
+            status, encounter_id, tz_given,
             _opt_upper(obj, "code", "code"),
             _opt_codes(obj, "modifiers", "modifiers") or (),
             separately,
@@ -371,11 +384,34 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
                       ", ".join(PAYER_CLASSES)),
             _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
             _opt_codes(obj, "diagnosis_codes", "diagnosis_codes"),
+            False if (flag := obj.get("in_progress")) is None else _flag(flag, "in_progress"),
+        )
+
+    if event_type == ENCOUNTER_UPDATED:
+        # ehr-mapping.md §2: the encounter id is both record_id and encounter_id.
+        if encounter_id is None:
+            raise _missing("encounter_id")
+        if encounter_id != record_id:
+            raise _Reject(INCONSISTENT_FIELD,
+                          "encounter_id differs from record_id on encounter.updated",
+                          "encounter_id")
+        ended_at = _opt_timestamp(obj, "ended_at")
+        if ended_at is not None and ended_at < occurred_at:
+            raise _Reject(INVALID_TIMESTAMP, "field ended_at is before occurred_at", "ended_at")
+        return _new_encounter(
+            event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
+            status, encounter_id, tz_given,
+            ended_at,
+            _opt_pos(obj, "place_of_service"),
+            _opt_enum(obj, "payer_class", "payer_class", _PAYER_CLASSES,
+                      ", ".join(PAYER_CLASSES)),
+            own_tz,
+            _opt_str(obj, "rendering_npi", "rendering_npi", MAX_ID_CHARS),
         )
 
     return _new_dispense(
         event_id, record_id, patient_id, occurred_at, recorded_at, service_date, tz,
-        status, encounter_id,
+        status, encounter_id, tz_given,
         _opt_str(obj, "ndc", "ndc", MAX_ID_CHARS),
         _opt_str(obj, "drug_name", "drug_name", MAX_TEXT_CHARS),
         _opt_str(obj, "order_id", "order_id", MAX_ID_CHARS),
@@ -387,17 +423,19 @@ def _parse(raw: object, default_tz: str) -> InputRecord:
 
 
 _COMMON_FIELDS = ("event_id", "record_id", "patient_id", "occurred_at", "recorded_at",
-                  "service_date", "timezone", "status", "encounter_id")
+                  "service_date", "timezone", "status", "encounter_id", "timezone_given")
 _FIELD_ORDER = {
     Drug: ("name", "ndc", "hcpcs", "dose", "dose_unit", "category", "container",
            "wasted_amount", "lot_number"),
     Administration: _COMMON_FIELDS + (
         "ended_at", "place_of_service", "payer_class", "route", "site", "drug",
         "performer_id", "performer_credential", "rendering_npi", "supervising_npi",
-        "order_id", "diagnosis_codes", "charge_code", "charge_modifiers"),
+        "order_id", "diagnosis_codes", "charge_code", "charge_modifiers", "in_progress"),
     EMService: _COMMON_FIELDS + (
         "code", "modifiers", "separately_identifiable", "place_of_service", "payer_class",
-        "rendering_npi", "diagnosis_codes"),
+        "rendering_npi", "diagnosis_codes", "in_progress"),
+    Encounter: _COMMON_FIELDS + (
+        "ended_at", "place_of_service", "payer_class", "facility_timezone", "rendering_npi"),
     Dispense: _COMMON_FIELDS + (
         "ndc", "drug_name", "order_id", "quantity", "quantity_unit", "lot_number"),
 }
@@ -444,9 +482,10 @@ _new_drug = _constructor(Drug)
 _new_administration = _constructor(Administration)
 _new_em_service = _constructor(EMService)
 _new_dispense = _constructor(Dispense)
+_new_encounter = _constructor(Encounter)
 
 
-_EVENT_TYPES = frozenset(EVENT_TYPES)
+_EVENT_TYPES = frozenset(EHR_EVENT_TYPES)
 
 INTERNAL_ERROR = "record could not be validated"
 

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import ClassVar
 
-from stream_app.vocabulary import ADMINISTRATION, COMPLETED, DISPENSE, EM_SERVICE, ENTERED_IN_ERROR
+from stream_app.vocabulary import (
+    ADMINISTRATION,
+    COMPLETED,
+    DISPENSE,
+    EM_SERVICE,
+    ENCOUNTER_UPDATED,
+    ENTERED_IN_ERROR,
+)
 
 # A message value larger than this is a TOO_LARGE dead letter (contract.md §3).
 MAX_RECORD_BYTES = 256 * 1024
@@ -54,6 +61,9 @@ class _Common:
     timezone: str  # IANA name actually used (record's facility_timezone or the default)
     status: str = COMPLETED
     encounter_id: str | None = None
+    # False when `timezone` is the configured default (the record sent no zone): such a
+    # record takes its encounter's zone (ehr-mapping.md §2).
+    timezone_given: bool = True
 
     @property
     def withdrawn(self) -> bool:
@@ -76,6 +86,7 @@ class Administration(_Common):
     diagnosis_codes: tuple[str, ...] | None = None
     charge_code: str | None = None
     charge_modifiers: tuple[str, ...] = ()
+    in_progress: bool = False  # ehr-mapping.md §2 (b): still running, pending
 
     event_type: ClassVar[str] = ADMINISTRATION
 
@@ -89,6 +100,7 @@ class EMService(_Common):
     payer_class: str | None = None
     rendering_npi: str | None = None
     diagnosis_codes: tuple[str, ...] | None = None
+    in_progress: bool = False  # ehr-mapping.md §2 (b): still running, pending
 
     event_type: ClassVar[str] = EM_SERVICE
 
@@ -105,5 +117,20 @@ class Dispense(_Common):
     event_type: ClassVar[str] = DISPENSE
 
 
-InputRecord = Administration | EMService | Dispense
+@dataclass(frozen=True, slots=True)
+class Encounter(_Common):
+    """One version of an `encounter.updated` record (ehr-mapping.md §2): the visit's
+    context. `record_id` == `encounter_id`; `timezone`/`service_date` are those of the
+    period start, `facility_timezone` the zone the version itself carries (None if absent)."""
+
+    ended_at: datetime | None = None
+    place_of_service: str | None = None
+    payer_class: str | None = None
+    facility_timezone: str | None = None
+    rendering_npi: str | None = None
+
+    event_type: ClassVar[str] = ENCOUNTER_UPDATED
+
+
+InputRecord = Administration | EMService | Dispense | Encounter
 

@@ -3,7 +3,8 @@
 A patient's state holds the winning version of each of its records (all days: dispense
 matching by order_id and payer frequency limits cross days), the event ids already
 processed (redelivery), and per patient-day the timing and the last message emitted for
-every key the day has ever emitted (needed to void, resolve and re-emit on close).
+every key the day has ever emitted (needed to void, resolve and re-emit on close), and
+the versions of each encounter its records may inherit context from (encounters.py).
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ from operator import attrgetter
 
 import orjson
 
-from stream_app.engine.records import Administration, Dispense, Drug, EMService, InputRecord
-from stream_app.vocabulary import ADMINISTRATION, DISPENSE, EM_SERVICE
+from stream_app.engine.records import (
+    Administration,
+    Dispense,
+    Drug,
+    EMService,
+    Encounter,
+    InputRecord,
+)
+from stream_app.vocabulary import ADMINISTRATION, DISPENSE, EM_SERVICE, ENCOUNTER_UPDATED
 
 # Layout of PatientState.to_bytes(); the worker's table header carries it so a value
 # written in another layout is refused rather than misread.
-LAYOUT = 2
+LAYOUT = 3
 
-_CLASSES = {ADMINISTRATION: Administration, EM_SERVICE: EMService, DISPENSE: Dispense}
+_CLASSES = {ADMINISTRATION: Administration, EM_SERVICE: EMService, DISPENSE: Dispense,
+            ENCOUNTER_UPDATED: Encounter}
 
 
 class Emitted:
@@ -95,6 +104,8 @@ class PatientState:
     records: dict[tuple[str, str], InputRecord] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)  # event_id -> service date (ISO)
     days: dict[str, DayState] = field(default_factory=dict)  # ISO date -> day
+    # encounter_id -> the versions the context rule needs (encounters.needed_versions)
+    encounters: dict[str, list[Encounter]] = field(default_factory=dict)
     # Encoded form of each record as last loaded or saved (record object, bytes): records
     # are immutable, so an unchanged one is not encoded again on the next save.
     _encoded: dict = field(default_factory=dict, compare=False, repr=False)
@@ -108,7 +119,7 @@ class PatientState:
         final]` per emitted key), then per emitted key in header order u32 length + its
         message's JSON, then per record u32 length + JSON `[event_type, field values in
         declaration order...]`. Messages sit outside the header so loading a state need
-        not parse them (see Emitted)."""
+        not parse them (see Emitted). Encounter versions are encoded as records."""
         bodies = []
         days = {}
         for k, d in self.days.items():
@@ -133,6 +144,11 @@ class PatientState:
             fresh[key] = (rec, blob)
             parts.append(_U32.pack(len(blob)))
             parts.append(blob)
+        for versions in self.encounters.values():
+            for v in versions:
+                blob = orjson.dumps((ENCOUNTER_UPDATED,) + _GETTERS[ENCOUNTER_UPDATED](v))
+                parts.append(_U32.pack(len(blob)))
+                parts.append(blob)
         self._encoded = fresh
         return b"".join(parts)
 
@@ -162,6 +178,9 @@ class PatientState:
             blob = view[pos + 4:pos + 4 + n]  # kept as a view: join() takes it as is
             pos += 4 + n
             rec = _decode_record(orjson.loads(blob))
+            if rec.event_type == ENCOUNTER_UPDATED:
+                st.encounters.setdefault(rec.encounter_id, []).append(rec)
+                continue
             key = (rec.event_type, rec.record_id)
             records[key] = rec
             enc[key] = (rec, blob)

@@ -582,6 +582,15 @@ def _derivation(label: str, data: bytes) -> Derivation:
 # ------------------------------------------------------------------ entry point
 
 
+# CSV files of a rules directory that other loaders own and validate, so this one lets them
+# be: the site configuration of the EHR adapters (ehr-mapping.md §6,
+# stream_app.adapters.site.SITE_FILES; a test keeps the two lists equal).
+OTHER_LOADERS_FILES = frozenset({
+    "facility_timezone.csv", "location_pos.csv", "payer_class_map.csv", "code_map.csv",
+    "drug_attributes.csv", "adapter_settings.csv",
+})
+
+
 def load_rules(rules_dir: str | Path | None = None) -> RuleSet:
     """Every rule file, packaged or from the operator's directory, validated and typed.
 
@@ -592,7 +601,7 @@ def load_rules(rules_dir: str | Path | None = None) -> RuleSet:
         if not directory.is_dir():
             raise RuleDataError(str(directory), 0, 0, "rules directory does not exist")
         for path in sorted(directory.glob("*.csv"), key=lambda p: p.name):
-            if path.name not in TABLES:
+            if path.name not in TABLES and path.name not in OTHER_LOADERS_FILES:
                 raise RuleDataError(str(path), 0, 0, "unknown rule file name (expected one of "
                                     f"{', '.join(RULE_FILES)})")
     tables: dict[type[RuleRow], Table] = {}

@@ -1,7 +1,9 @@
-"""Property: for generated multi-record patient-days with amendments,
-withdrawals, redeliveries and dispenses, any arrival order and any batching gives the same
-settled view (contract.md §3), and every void line / resolved alert was preceded by its
-active / open revision of the same key, with revisions strictly increasing per key."""
+"""Property: for generated multi-record patient-days with amendments, withdrawals,
+redeliveries, dispenses and encounter.updated versions (whose context records inherit,
+ehr-mapping.md §2, including a zone that moves the service date), any arrival order and
+any batching gives the same settled view (contract.md §3), and every void line / resolved
+alert was preceded by its active / open revision of the same key, with revisions strictly
+increasing per key."""
 
 from __future__ import annotations
 
@@ -24,6 +26,41 @@ DRUGS = [
      "category": "vaccine"},
 ]
 NPIS = ["1234567893", "1245319599", "1234567890"]  # the last fails the check digit
+# Context a record may leave to its encounter (ehr-mapping.md §2). Kiritimati (UTC+14)
+# moves a 09:xx-05:00 record to the next day; without any zone the default (UTC) applies.
+CONTEXT_FIELDS = ("place_of_service", "payer_class", "facility_timezone", "rendering_npi")
+ZONES = ["America/Chicago", "Pacific/Kiritimati"]
+
+
+def _encounters(draw, patient: str, day: int) -> list[dict]:
+    """0-3 versions of the patient-day's encounter, any of them maybe withdrawing it."""
+    out = []
+    for v in range(draw(st.integers(0, 3))):
+        rec = {
+            "event_type": "encounter.updated", "event_id": f"enc-{patient}-{day}-v{v}",
+            "record_id": f"E-{patient}-{day}", "encounter_id": f"E-{patient}-{day}",
+            "patient_id": patient, "occurred_at": f"2025-03-{10 + day:02d}T08:00:00-05:00",
+            "recorded_at": f"2025-03-{10 + day:02d}T11:{draw(st.integers(0, 3)):02d}:00-05:00",
+        }
+        for name, values in (("place_of_service", ["11", "22"]),
+                             ("payer_class", ["medicare", "commercial"]),
+                             ("facility_timezone", ZONES), ("rendering_npi", NPIS[:2])):
+            if draw(st.booleans()):
+                rec[name] = draw(st.sampled_from(values))
+        if draw(st.integers(0, 4)) == 0:
+            rec["status"] = "entered-in-error"
+        out.append(rec)
+    return out
+
+
+def _leave_to_encounter(draw, rec: dict) -> dict:
+    """Drop some context fields (the record then inherits them); maybe flag in progress."""
+    for name in CONTEXT_FIELDS:
+        if draw(st.integers(0, 2)) == 0:
+            rec.pop(name, None)
+    if draw(st.integers(0, 5)) == 0:
+        rec["in_progress"] = True
+    return rec
 
 
 def _admin(i: int, patient: str, day: int, minute: int, drug: dict, route: str, payer: str,
@@ -76,25 +113,31 @@ def patient_days(draw):
                 args["lot"] = draw(st.booleans())
                 args["minute"] = draw(st.integers(0, 50))
             withdrawn = v == versions - 1 and v > 0 and draw(st.booleans())
-            msgs.append(_admin(i, patient, day, version=v, withdrawn=withdrawn, **args))
+            msgs.append(_leave_to_encounter(
+                draw, _admin(i, patient, day, version=v, withdrawn=withdrawn, **args)))
         if args["order"] and draw(st.booleans()):
             msgs.append({
                 "event_type": "drug.dispensed", "event_id": f"d{i}", "record_id": f"disp-{i}",
                 "patient_id": patient, "occurred_at": f"2025-03-{10 + day:02d}T08:00:00-05:00",
                 "order_id": args["order"], "ndc": draw(st.sampled_from(["0409-7332-01", "00517003125"])),
                 "quantity": 1, "quantity_unit": "UN",
+                **({"encounter_id": f"E-{patient}-{day}"} if draw(st.booleans()) else {}),
             })
     for j in range(draw(st.integers(0, 2))):
         patient = draw(st.sampled_from(["P1", "P2"]))
-        msgs.append({
+        day = draw(st.integers(0, 1))
+        msgs.append(_leave_to_encounter(draw, {
             "event_type": "em.service", "event_id": f"e{j}", "record_id": f"note-{j}",
-            "patient_id": patient,
-            "occurred_at": f"2025-03-{10 + draw(st.integers(0, 1)):02d}T08:30:00-05:00",
+            "patient_id": patient, "encounter_id": f"E-{patient}-{day}",
+            "occurred_at": f"2025-03-{10 + day:02d}T08:30:00-05:00",
             "code": draw(st.sampled_from(["99211", "99213"])),
             "modifiers": draw(st.sampled_from([[], ["25"], ["59"]])),
             "separately_identifiable": draw(st.booleans()), "place_of_service": "11",
             "payer_class": "medicare", "rendering_npi": "1234567893", "diagnosis_codes": ["J18.9"],
-        })
+        }))
+    for patient in ("P1", "P2"):
+        for day in (0, 1):
+            msgs.extend(_encounters(draw, patient, day))
     # Redeliveries: exact copies of some messages.
     for m in list(msgs):
         if draw(st.integers(0, 4)) == 0:
@@ -174,3 +217,21 @@ def test_generator_produces_voids_and_resolutions():
     voided = {d.key for d in hist if d.kind == "line" and d.value["state"] == "void"}
     activated = {d.key for d in hist if d.kind == "line" and d.value["state"] == "active"}
     assert len(activated) == 2 and voided == activated  # 96372 + J0696, both voided
+
+
+def test_generator_s_encounters_lend_context_and_move_dates():
+    """Guard against a vacuous property for encounters: a record without zone, POS and
+    payer inherits them, and Kiritimati's zone moves it to the next day, in either order."""
+    a = _admin(1, "P1", 0, 5, DRUGS[0], "IM", "commercial", "11", NPIS[0], None, None, None,
+               True, 0, False)
+    for name in ("facility_timezone", "place_of_service", "payer_class"):
+        del a[name]
+    enc = {"event_type": "encounter.updated", "event_id": "enc-1", "record_id": "E-P1-0",
+           "encounter_id": "E-P1-0", "patient_id": "P1",
+           "occurred_at": "2025-03-10T08:00:00-05:00", "facility_timezone": "Pacific/Kiritimati",
+           "place_of_service": "11", "payer_class": "medicare"}
+    first = _run([enc, a], cuts={0})
+    assert _run([a, enc], cuts={0})[:2] == first[:2]
+    act, opn, _ = first
+    assert {(v["service_date"], v["place_of_service"], v["payer_class"]) for v in act} == {
+        ("2025-03-11", "11", "medicare")}

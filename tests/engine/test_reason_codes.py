@@ -49,6 +49,8 @@ CONTRACT = {
     "DRUG_UNITS_UNKNOWN": ("warn", "pharmacy", None, None),
     "ADDON_WITHOUT_PRIMARY": ("block", "coding", "CO-97", None),
     "FACILITY_ONLY_CODE": ("block", "coding", None, None),
+    # ehr-mapping.md §2 (extension): + M77 when the place of service is the missing field
+    "ENCOUNTER_CONTEXT_MISSING": ("block", "facility_billing", "CO-16", "M77"),
 }
 
 
@@ -132,12 +134,14 @@ def _scenario(code: str) -> tuple[list[dict], list[str], dict[str, list[str]]]:
         return ([a(record_id="first", time="09:00", **push),
                  a(record_id=SUBJ, time="09:40", charge_code="96376", **push)],
                 ["96374", "J2405"], {})
+    if code == V.ENCOUNTER_CONTEXT_MISSING:  # no POS of its own and no encounter to lend one
+        return [a(record_id=SUBJ, place_of_service=DROP, encounter_id=DROP)], [], {}
     raise AssertionError(code)
 
 
 def test_contract_table_covers_every_reason_code_of_the_engine():
     assert set(CONTRACT) == set(V.REASON_CODES)
-    assert len(CONTRACT) == 23
+    assert len(CONTRACT) == 24
 
 
 @pytest.mark.parametrize("code", sorted(CONTRACT))

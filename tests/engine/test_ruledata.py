@@ -43,6 +43,8 @@ CONTRACT_REASONS = {
     "DRUG_UNITS_UNKNOWN": ("warn", "pharmacy", None, None),
     "ADDON_WITHOUT_PRIMARY": ("block", "coding", "CO-97", None),
     "FACILITY_ONLY_CODE": ("block", "coding", None, None),
+    # ehr-mapping.md §2; its M77 is added per alert (POS missing), not in the row
+    "ENCOUNTER_CONTEXT_MISSING": ("block", "facility_billing", "CO-16", None),
 }
 
 

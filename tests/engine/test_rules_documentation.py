@@ -186,14 +186,19 @@ def test_facility_pos_does_not_restrict_em_or_vaccine_codes():
     assert res.codes() == ["90471"]
 
 
-@pytest.mark.parametrize("over, field", [
-    ({"place_of_service": DROP}, "place_of_service"),
-    ({"payer_class": DROP}, "payer_class"),
-    ({"drug": {"name": DROP}}, "drug.name"),
-])
-def test_missing_required_non_hard_fields_are_missing_documentation(over, field):
-    # Engine choice (contract lists these as required but not as hard requirements and
-    # names no alert for them): reported as MISSING_DOCUMENTATION with the dotted path
-    res = run([admin_raw(**over)])
-    assert field in res.alert(V.MISSING_DOCUMENTATION)["details"]["missing_fields"]
+def test_missing_drug_name_is_missing_documentation():
+    # Engine choice (contract lists it as required but not as a hard requirement and
+    # names no alert for it): reported as MISSING_DOCUMENTATION with the dotted path
+    res = run([admin_raw(drug={"name": DROP})])
+    assert "drug.name" in res.alert(V.MISSING_DOCUMENTATION)["details"]["missing_fields"]
+    assert res.lines == []
+
+
+@pytest.mark.parametrize("field", ["place_of_service", "payer_class"])
+def test_missing_pos_or_payer_is_encounter_context_missing_not_documentation(field):
+    # ehr-mapping.md §2: once settled, a record still lacking place of service or payer
+    # class raises ENCOUNTER_CONTEXT_MISSING instead of a MISSING_DOCUMENTATION entry
+    res = run([admin_raw(**{field: DROP})])
+    assert V.MISSING_DOCUMENTATION not in res.reasons()
+    assert res.alert(V.ENCOUNTER_CONTEXT_MISSING)["details"]["missing_fields"] == [field]
     assert res.lines == []

@@ -8,6 +8,7 @@ CONTRACT_TOPICS = {
     "ehr.medication-administrations": ("in", "delete", 7 * DAY_MS),
     "ehr.em-services": ("in", "delete", 7 * DAY_MS),
     "pharmacy.dispenses": ("in", "delete", 7 * DAY_MS),
+    "ehr.encounters": ("in", "delete", 7 * DAY_MS),  # ehr-mapping.md §2
     "billing.charge-lines": ("out", "compact", None),
     "billing.correction-alerts": ("out", "compact", None),
     "billing.dead-letters": ("out", "delete", 30 * DAY_MS),

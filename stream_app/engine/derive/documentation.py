@@ -1,6 +1,7 @@
 """Documentation and identifiers of a billable administration (billing-rules.md §3,
 §7, §8): MISSING_DOCUMENTATION, MISSING_DIAGNOSIS, INVALID_DIAGNOSIS_CODE, INVALID_NPI,
-MISSING_SUPERVISION; `_record_checks` runs every per-record check.
+MISSING_SUPERVISION; `_record_checks` runs every per-record check, the encounter
+context's too (derive/encounter.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from datetime import date
 
 from stream_app import vocabulary as V
+from stream_app.engine.derive.encounter import STILL_IN_PROGRESS
 from stream_app.engine.derive.model import (
     AdminFacts,
     Alert,
@@ -23,7 +25,8 @@ from stream_app.engine.records import Administration
 
 class DocumentationRules(RuleFamily):
     def _record_checks(self, patient_id: str, day: date, f: AdminFacts, alerts: list[Alert],
-                       settled: bool, open_missing_ndc: Callable[[date, str], bool]) -> None:
+                       settled: bool, open_missing_ndc: Callable[[date, str], bool],
+                       day_closed: bool = False, contexts: dict | None = None) -> None:
         rec = f.rec
         # Billable: it derives a line (an oral drug with an HCPCS code does), or it is an
         # injection route, or the EHR proposed a code for it.
@@ -33,7 +36,9 @@ class DocumentationRules(RuleFamily):
             return
         subject = "rec:" + rec.record_id
         code = self._line_code(f) or rec.charge_code
-        self._missing_documentation(f, alerts, subject, code)
+        self._missing_documentation(f, alerts, subject, code, day_closed)
+        if rec.place_of_service is None or rec.payer_class is None:
+            self._context_missing(rec, alerts, subject, code, contexts or {})
         self._diagnosis(rec, alerts, subject, code, required=True)
         self._npi(rec, alerts, subject, code, (("rendering_npi", rec.rendering_npi),
                                                ("supervising_npi", rec.supervising_npi)))
@@ -45,23 +50,29 @@ class DocumentationRules(RuleFamily):
             self._drug_units_known(f, day, alerts, subject)
             self._waste_modifier(f, day, alerts, subject)
 
-    def _missing_documentation(self, f: AdminFacts, alerts, subject, code) -> None:
-        """MISSING_DOCUMENTATION: billing-rules §7 plus ended_at for IV/IV_INFUSION."""
+    def _missing_documentation(self, f: AdminFacts, alerts, subject, code,
+                               day_closed: bool = False) -> None:
+        """MISSING_DOCUMENTATION: billing-rules §7 plus ended_at for IV/IV_INFUSION, and
+        for a record still in progress at close (ehr-mapping.md §2 (b)). Place of service
+        and payer class are ENCOUNTER_CONTEXT_MISSING's (derive/encounter.py)."""
         rec, drug = f.rec, f.rec.drug
         missing = [name for name, value in (
             ("drug.name", drug.name), ("drug.dose", drug.dose), ("drug.dose_unit", drug.dose_unit),
             ("route", rec.route), ("site", rec.site), ("drug.lot_number", drug.lot_number),
             ("performer_id", rec.performer_id), ("rendering_npi", rec.rendering_npi),
-            ("place_of_service", rec.place_of_service), ("payer_class", rec.payer_class),
         ) if value is None]
         if rec.ended_at is None and route_of(rec.route) in (V.IV, V.IV_INFUSION):
+            missing.append("ended_at")
+        in_progress = rec.in_progress and day_closed
+        if in_progress and "ended_at" not in missing:
             missing.append("ended_at")
         if missing:
             add_alert(alerts, V.MISSING_DOCUMENTATION, rec, subject, code, [],
                    f"Administration {rec.record_id} lacks required documentation: "
                    + ", ".join(missing),
                    "Complete the administration record: " + ", ".join(missing),
-                   {"missing_fields": missing})
+                   {"missing_fields": missing, "cause": STILL_IN_PROGRESS} if in_progress
+                   else {"missing_fields": missing})
 
     def _diagnosis(self, rec, alerts, subject, code, required: bool) -> None:
         """MISSING_DIAGNOSIS (administrations) and INVALID_DIAGNOSIS_CODE (all lines)."""

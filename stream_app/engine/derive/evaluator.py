@@ -12,7 +12,7 @@ this module runs them in order and applies the holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from datetime import date
 
 from stream_app import vocabulary as V
@@ -22,6 +22,7 @@ from stream_app.engine.derive.documentation import DocumentationRules
 from stream_app.engine.derive.drug_lines import DrugLineRules
 from stream_app.engine.derive.edits import EditRules
 from stream_app.engine.derive.em import EMRules
+from stream_app.engine.derive.encounter import EncounterRules
 from stream_app.engine.derive.model import (
     AdminFacts,
     Alert,
@@ -41,7 +42,7 @@ from stream_app.vocabulary import ADMINISTRATION, DISPENSE, EM_SERVICE
 
 
 class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, ModifierRules,
-                EMRules, EditRules):
+                EMRules, EditRules, EncounterRules):
     """Holds the rule data; `evaluate_patient` is the pure derivation."""
 
     def __init__(self, rules: RuleSet):
@@ -50,7 +51,15 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
         self._fee = self.rules.fee
 
     def evaluate_patient(self, patient_id: str, records: Iterable, settled: Callable[[date], bool],
-                         open_missing_ndc: Callable[[date, str], bool]) -> dict[date, DayView]:
+                         open_missing_ndc: Callable[[date, str], bool],
+                         closed: Callable[[date], bool] | None = None,
+                         awaiting: Set[tuple[str, str]] = frozenset(),
+                         contexts: dict | None = None) -> dict[date, DayView]:
+        """`records` as derived (encounter context merged in, engine/encounters.py);
+        `awaiting`: (event_type, record_id) of those pending for want of their encounter,
+        `contexts` their encounters' contexts by encounter_id; `closed(day)` whether the
+        day closes (a record still in progress then raises MISSING_DOCUMENTATION)."""
+        contexts = contexts or {}
         admins: list[Administration] = []
         ems: list[EMService] = []
         dispenses: list[Dispense] = []
@@ -78,21 +87,34 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
         for e in ems:
             em_by_day.setdefault(e.service_date, []).append(e)
 
+        any_in_progress = any(a.in_progress for a in admins) or any(e.in_progress for e in ems)
         views: dict[date, DayView] = {}
         day_alerts: dict[date, list[Alert]] = {}
+        day_pending: dict[date, set[tuple[str, str]]] = {}
         for day in sorted(set(by_day) | set(em_by_day)):
             view = views[day] = DayView(day)
             alerts = day_alerts[day] = []
             day_facts = by_day.get(day, [])
+            day_ems = em_by_day.get(day, [])
+            day_settled = settled(day)
+            # Only a record in progress asks whether the day closes (most days have none).
+            in_progress = any_in_progress and (any(f.rec.in_progress for f in day_facts)
+                                               or any(e.in_progress for e in day_ems))
+            day_closed = in_progress and (closed(day) if closed is not None else day_settled)
+            if awaiting or in_progress:
+                pending = self._pending(day_facts, day_ems, awaiting, day_settled, day_closed)
+                if pending:
+                    day_pending[day] = pending
+                    view.awaits_settle = not day_settled and not pending.isdisjoint(awaiting)
             self._mark_duplicates(day_facts, alerts)
             self._code_administrations(patient_id, day, day_facts, alerts)
-            if day_facts:
-                day_settled = settled(day)
-                for f in day_facts:
-                    self._record_checks(patient_id, day, f, alerts, day_settled, open_missing_ndc)
+            for f in day_facts:
+                self._record_checks(patient_id, day, f, alerts, day_settled, open_missing_ndc,
+                                    day_closed, contexts)
             self._distinct_and_repeat_modifiers(day, day_facts)
             self._addon_without_primary(day, day_facts, alerts)
-            self._em_lines(patient_id, day, day_facts, em_by_day.get(day, []), view, alerts)
+            self._em_lines(patient_id, day, day_facts, day_ems, view, alerts)
+            self._em_context_checks(day_ems, alerts, contexts, day_closed)
             for f in day_facts:
                 for ln in f.lines:
                     view.lines[ln.key] = ln
@@ -100,11 +122,31 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
         self._frequency_limits(by_day, day_alerts)
 
         for day, view in views.items():
+            pending = day_pending.get(day)
             for a in day_alerts[day]:
+                if (pending and not a.subject.startswith("code:")
+                        and (a.record.event_type, a.record.record_id) in pending):
+                    continue  # a pending record's own alerts wait
                 a.source_event_ids = (a.record.event_id,)
                 view.alerts[alert_key(patient_id, day, a.reason_code, a.subject)] = a
             self._apply_holds(view)
+            if pending:
+                for ln in view.lines.values():
+                    if (ln.record.event_type, ln.record.record_id) in pending:
+                        ln.held = True
         return views
+
+    @staticmethod
+    def _pending(day_facts, day_ems, awaiting, day_settled: bool,
+                 day_closed: bool) -> set[tuple[str, str]]:
+        """The day's pending records (ehr-mapping.md §2): awaiting their encounter until
+        the day settles, or in progress until a version without the flag (or close)."""
+        pending = set()
+        for rec in [f.rec for f in day_facts] + day_ems:
+            key = (rec.event_type, rec.record_id)
+            if (not day_settled and key in awaiting) or (rec.in_progress and not day_closed):
+                pending.add(key)
+        return pending
 
     def _facts(self, a: Administration) -> AdminFacts:
         route = route_of(a.route)

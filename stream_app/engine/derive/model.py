@@ -70,6 +70,7 @@ class Alert:
     details: dict = field(default_factory=dict)
     severity: str | None = None  # None = the reason's default from rule data
     source_event_ids: tuple[str, ...] = ()
+    rarc: str | None = None  # None = the reason's RARC from rule data
 
 
 @dataclass(slots=True)
@@ -77,6 +78,8 @@ class DayView:
     day: date
     lines: dict[str, Line] = field(default_factory=dict)
     alerts: dict[str, Alert] = field(default_factory=dict)
+    # A record awaits its encounter until the day settles: evaluate again then.
+    awaits_settle: bool = False
 
 
 @dataclass(slots=True)
