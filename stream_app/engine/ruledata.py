@@ -12,6 +12,7 @@ its index and look-up in `RuleSet`. See docs/rule-data.md.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -602,6 +603,30 @@ def _build_asp(t: Table) -> _Dated:
     return table
 
 
+_DOSAGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(MG|MCG|GM|G|ML|CC|UNITS?|IU)")
+_DOSAGE_UNITS = {"MG": "mg", "MCG": "mcg", "GM": "g", "G": "g", "ML": "mL", "CC": "mL",
+                 "UNIT": "units", "UNITS": "units", "IU": "units"}
+
+
+def billing_unit_of_dosage(hcpcs: str, dosage: str) -> BillingUnit | None:
+    """The ASP files' `HCPCS Code Dosage` ('250 MG', '1 ML', '1000 UNITS', '10 IU') as a
+    billing unit; None for dosages that are not an amount of a dose unit ('PER SQ CM')."""
+    m = _DOSAGE_RE.fullmatch(dosage.strip().upper())
+    if m is None or float(m.group(1)) <= 0:
+        return None
+    return BillingUnit(hcpcs, float(m.group(1)), _DOSAGE_UNITS[m.group(2)], dosage)
+
+
+def _build_asp_units(t: Table) -> _Dated:
+    table = _Dated(t.source, "hcpcs")
+    for r in t.rows:
+        unit = billing_unit_of_dosage(r.hcpcs, r.dosage)
+        if unit is not None:
+            table.add(r.hcpcs, r.span(), unit, r.line)
+    table.freeze()
+    return table
+
+
 def _build_pfs(t: Table) -> _Dated:
     table = _Dated(t.source, "code/modifier")
     for r in t.rows:
@@ -687,6 +712,7 @@ class RuleSet:
         self._profiles = _build_profiles(tables[PayerProfileRow])
         empty = Table("", ())
         self._asp = _build_asp(tables.get(AspPaymentLimitRow, empty))
+        self._asp_units = _build_asp_units(tables.get(AspPaymentLimitRow, empty))
         self._pfs = _build_pfs(tables.get(PfsRvuRow, empty))
         self._gpci = _build_gpci(tables.get(PfsGpciRow, empty))
         self._opps = _build_opps(tables.get(OppsAddendumBRow, empty))
@@ -766,8 +792,13 @@ class RuleSet:
         return self._fees.get((payer_class, code.strip().upper()), on.toordinal())
 
     def billing_unit(self, hcpcs: str, on: date) -> BillingUnit | None:
-        """None when the code is unknown or has no billing unit (e.g. J3490 unclassified)."""
-        return self._units.get(hcpcs.strip().upper(), on.toordinal())
+        """The CMS payment-limit file's dosage in force for the code (asp_payment_limits.csv,
+        when imported and an amount of a dose unit), else hcpcs_units.csv. None when the
+        code is unknown or has no billing unit (e.g. J3490 unclassified)."""
+        code = hcpcs.strip().upper()
+        day = on.toordinal()
+        unit = self._asp_units.get(code, day)
+        return unit if unit is not None else self._units.get(code, day)
 
     def hcpcs_for_ndc(self, ndc11: str, on: date) -> str | None:
         """NDC -> HCPCS crosswalk (CMS ASP NDC-HCPCS crosswalk layout).
