@@ -9,8 +9,8 @@ secrets never appear in a process list or shell history.
 from __future__ import annotations
 
 import argparse
-import re
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields

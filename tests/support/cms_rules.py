@@ -37,16 +37,16 @@ PTP_HEADER = "\t".join([
     "PTP Edit Rationale"])
 
 
-def with_ptp_examples(into: Path, edits: list[tuple[str, str, int]],
-                      effective: str = "20250101") -> Path:
+def with_ptp_examples(into: Path, edits: list[tuple], effective: str = "20250101") -> Path:
     """A copy of the imported directory plus NCCI PTP edits imported from a
     tab-separated file in CMS's practitioner PTP layout. `edits`: (column 1, column 2,
-    modifier indicator) — EXAMPLE pairs, not CMS edits."""
+    modifier indicator[, effective date YYYYMMDD]) — EXAMPLE pairs, not CMS edits."""
     shutil.copytree(imported_rules_dir(), into, dirs_exist_ok=True)
     lines = ["CPT codes and descriptions only are copyright American Medical Association.",
              "", PTP_HEADER]
-    lines += ["\t".join([c1, c2, "", effective, "*", str(ind), "EXAMPLE edit, not CMS data"])
-              for c1, c2, ind in edits]
+    for c1, c2, ind, *start in edits:
+        lines.append("\t".join([c1, c2, "", start[0] if start else effective, "*", str(ind),
+                                "EXAMPLE edit, not CMS data"]))
     source = into.parent / f"{into.name}-ptp-example.txt"
     source.write_text("\r\n".join(lines) + "\r\n", encoding="cp1252")
     import_files([source], into)
