@@ -14,6 +14,8 @@ import csv
 import json
 import math
 import shutil
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from tests.engine.builders import (
 )
 from tests.support.cms_rules import Q2025, Q2026, imported_rules_dir, with_ptp_examples
 
-EXAMPLE = Path(__file__).resolve().parents[2].parent / "shared/spec/examples/office-visit.ndjson"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO.parent / "shared/spec/examples/office-visit.ndjson"
 FEB_2025, JAN_2026 = date(2025, 2, 10), date(2026, 1, 15)
 CF_2025 = 32.3465  # PPRRVU 2025 conversion factor (shared/cms/README.md)
 NDC = "00409-7332-01"  # ceftriaxone 1 g vial, J0696 (shared/cms/README.md)
@@ -380,3 +383,36 @@ def test_medicare_has_no_row_in_the_payer_factors(tmp_path):
     with pytest.raises(RuleDataError, match="payer_price_factors.csv:6:payer_class"):
         load_rules(into)
     assert math.isclose(_factor("commercial", "professional_factor"), 20.00 / 14.50, abs_tol=1e-4)
+
+
+# ---------------------------------------------------------------- replay command
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream_app", *argv], capture_output=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_replay_command_loads_the_imported_directory_with_a_locality(cms_dir, tmp_path):
+    gpci = next(r for r in csv.DictReader((cms_dir / "pfs_gpci.csv").open(newline=""))
+                if (r["mac"], r["locality"]) == ("01112", "05"))
+    out = tmp_path / "out"
+    proc = _cli("replay", str(EXAMPLE), "--out", str(out), "--rules-dir", str(cms_dir),
+                "--pfs-locality", "01112-05")
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = [json.loads(x) for x in (out / "charge_lines.ndjson").read_text().splitlines()]
+    assert sorted(v["code"] for v in lines) == ["96372", "99213", "J0696"]
+    assert (out / "alerts.ndjson").read_text() == ""
+    allowance = round((0.17 * float(gpci["pw_gpci"]) + 0.25 * float(gpci["pe_gpci"])
+                       + 0.01 * float(gpci["mp_gpci"])) * CF_2025, 2)
+    injection = next(v for v in lines if v["code"] == "96372")
+    assert injection["expected_reimbursement"] == round(
+        allowance * _factor("commercial", "professional_factor"), 2)
+
+
+def test_replay_command_refuses_a_malformed_or_unknown_locality(cms_dir, tmp_path):
+    proc = _cli("replay", str(EXAMPLE), "--out", str(tmp_path / "a"), "--pfs-locality", "SF")
+    assert proc.returncode != 0 and b"MAC-LOCALITY" in proc.stderr
+    proc = _cli("replay", str(EXAMPLE), "--out", str(tmp_path / "b"), "--rules-dir",
+                str(cms_dir), "--pfs-locality", "99999-99")
+    assert proc.returncode != 0 and b"pfs_gpci.csv:0:locality" in proc.stderr
