@@ -655,12 +655,19 @@ def _build_opps(t: Table) -> _Dated:
     return table
 
 
-def _build_ptp(t: Table) -> _Dated:
+def _build_ptp(t: Table) -> tuple[_Dated, _Timeline]:
+    """The edits by (column 1, column 2), and by column 2 the (column 1, indicator) pairs
+    in force, so a day's lines are checked with one look-up per code."""
     table = _Dated(t.source, "column1/column2")
     for r in t.rows:
         table.add((r.column1, r.column2), r.span(), r.modifier_indicator, r.line)
     table.freeze()
-    return table
+    by_column2: dict[Hashable, list[tuple[int, int, Any]]] = {}
+    for key in table.keys():
+        for e in table.entries(key):
+            if e.value != 9:  # indicator 9: no edit
+                by_column2.setdefault(key[1], []).append((e.start, e.end, (key[0], e.value)))
+    return table, _Timeline(by_column2)
 
 
 def _build_packages(t: Table) -> _Dated:
@@ -716,7 +723,7 @@ class RuleSet:
         self._pfs = _build_pfs(tables.get(PfsRvuRow, empty))
         self._gpci = _build_gpci(tables.get(PfsGpciRow, empty))
         self._opps = _build_opps(tables.get(OppsAddendumBRow, empty))
-        self._ptp = _build_ptp(tables.get(NcciPtpRow, empty))
+        self._ptp, self._ptp_by_column2 = _build_ptp(tables.get(NcciPtpRow, empty))
         self._packages = _build_packages(tables[NdcCrosswalkRow])
         self._factors = _build_factors(tables.get(PayerPriceFactorRow, empty))
         #: True when NCCI PTP edits are loaded (the rule is skipped without them).
@@ -849,6 +856,11 @@ class RuleSet:
     def ptp_indicator(self, column1: str, column2: str, on: date) -> int | None:
         """NCCI PTP modifier indicator of the active column 1 / column 2 edit, else None."""
         return self._ptp.get((column1, column2), on.toordinal())
+
+    def ptp_column1_edits(self, column2: str, on: date) -> Mapping[str, int]:
+        """Column 1 code -> modifier indicator (0 or 1) of the edits in force whose column 2
+        is `column2`; indicator 9 (no edit) is left out."""
+        return dict(self._ptp_by_column2.get(column2, on.toordinal()))
 
     def price_factor(self, payer_class: str, on: date) -> PriceFactor | None:
         """Factor over Medicare for the payer class (Medicare itself: 1)."""

@@ -136,18 +136,22 @@ class EditRules(RuleFamily):
         lines += [ln for ln in view.lines.values() if ln.role == ROLE_EM]
         if len(lines) < 2:
             return
+        codes = {ln.code for ln in lines}
+        edits = {c: e for c in codes if (e := self.rules.ptp_column1_edits(c, day))
+                 and not codes.isdisjoint(e)}
+        if not edits:
+            return  # the common day: no two of its codes form an edit
         lines.sort(key=lambda ln: (ln.record.occurred_at, ln.record.record_id, ln.role))
         handled = {k for a in alerts if a.reason_code in _HAND_CODED_EM_BUNDLING
                    for k in a.line_keys}
         for col2 in lines:
-            if col2.key in handled:
+            column1s = edits.get(col2.code)
+            if column1s is None or col2.key in handled:
                 continue
             for col1 in lines:
-                if (col1 is col2 or col1.code == col2.code
+                indicator = column1s.get(col1.code)
+                if (indicator is None or col1 is col2
                         or col1.record.rendering_npi != col2.record.rendering_npi):
-                    continue
-                indicator = self.rules.ptp_indicator(col1.code, col2.code, day)
-                if indicator is None or indicator == 9:
                     continue
                 if indicator == 1 and self._ptp_modifier_present(col2, day):
                     continue

@@ -115,7 +115,7 @@ class CachedRules:
 
     __slots__ = ("addon_primaries", "billing_unit", "code_set", "facility_pos",
                  "frequency_limits", "has_ptp", "hcpcs_for_ndc", "mue",
-                 "package_billing_units", "payer_profile", "ptp_indicator", "reason",
+                 "package_billing_units", "payer_profile", "ptp_column1_edits", "reason",
                  "unit_price")
 
     def __init__(self, rules: RuleSet):
@@ -126,7 +126,7 @@ class CachedRules:
         self.facility_pos = cache(rules.facility_pos)
         self.unit_price = cache(rules.unit_price)
         self.package_billing_units = cache(rules.package_billing_units)
-        self.ptp_indicator = cache(rules.ptp_indicator)
+        self.ptp_column1_edits = cache(rules.ptp_column1_edits)
         self.has_ptp = rules.has_ptp
         self.frequency_limits = cache(rules.frequency_limits)
         self.hcpcs_for_ndc = cache(rules.hcpcs_for_ndc)
