@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -37,6 +38,9 @@ class Settings:
     retention_days: float = 30.0
     data_dir: Path = Path("./.chargecap")
     rules_dir: Path | None = None  # None = rule data shipped in the package
+    # PFS locality 'MAC-LOCALITY' (e.g. '01112-05') whose GPCIs adjust the Medicare PFS
+    # allowance (needs pfs_gpci.csv in rules_dir); empty = national (docs/rule-data.md).
+    pfs_locality: str = ""
     metrics_addr: str = "127.0.0.1:9108"
     # Faust table store: rocksdb:// in production, memory:// for tests.
     store: str = "rocksdb://"
@@ -53,6 +57,11 @@ class Settings:
     ssl_keyfile: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.pfs_locality and not re.fullmatch(r"\d{5}-\d{2}", self.pfs_locality):
+            raise ConfigError(
+                f"{ENV_PREFIX}PFS_LOCALITY must be MAC-LOCALITY as in pfs_gpci.csv "
+                f"(e.g. 01112-05), not {self.pfs_locality!r}"
+            )
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ConfigError(
                 f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL must be one of "
@@ -193,6 +202,7 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("retention_days", "--retention-days", float, "keep state this long after close"),
     ("data_dir", "--data-dir", Path, "table store directory"),
     ("rules_dir", "--rules-dir", Path, "operator's own rule files (default: packaged)"),
+    ("pfs_locality", "--pfs-locality", str, "PFS locality MAC-LOCALITY for GPCIs (empty: national)"),
     ("metrics_addr", "--metrics-addr", str, "HOST:PORT for /metrics and /healthz"),
     ("store", "--store", str, "Faust table store URL (rocksdb:// or memory://)"),
     ("tick_seconds", "--tick-seconds", float, "timer resolution of the worker"),

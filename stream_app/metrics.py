@@ -226,6 +226,15 @@ class Metrics:
             ["payer_class", "reason_code"],
             registry=r,
         )
+        # Extension (docs/rule-data.md "Rules from CMS data"): what the open alerts would
+        # recover once corrected, e.g. the billable JW units of WASTE_UNITS_MISMATCH x the
+        # payment limit (the alert's details.recoverable_revenue).
+        self.recoverable_revenue = Gauge(
+            "chargecap_recoverable_revenue_dollars",
+            "Revenue (USD) the currently open correction alerts would recover once corrected.",
+            ["payer_class", "reason_code"],
+            registry=r,
+        )
         self.decision_latency = Histogram(
             "chargecap_decision_latency_seconds",
             "Seconds from the input message's Kafka timestamp to the output's production.",
@@ -253,9 +262,10 @@ class Metrics:
         )
 
         self._lock = threading.Lock()
-        # alert_id -> (labels, dollars, group); never exported.
-        self._open_alerts: dict[str, tuple[tuple[str, str], float, Any]] = {}
-        self._risk_sums: dict[tuple[str, str], list[float]] = {}  # labels -> [count, total]
+        # alert_id -> (labels, dollars at risk, group, dollars recoverable); never exported.
+        self._open_alerts: dict[str, tuple[tuple[str, str], float, Any, float]] = {}
+        # labels -> [count, total at risk, total recoverable]
+        self._risk_sums: dict[tuple[str, str], list[float]] = {}
         # line_id -> True while the line is active and already counted; never exported.
         # hash() of the ids of lines currently active (ints: half the memory of the ids)
         self._active_lines: set[int] = set()
@@ -382,8 +392,10 @@ class Metrics:
         reason_code: str,
         dollars: float | None,
         group: Any = None,
+        recoverable: float | None = None,
     ) -> None:
-        """Keep the open revenue-at-risk gauge in step with one alert message.
+        """Keep the open revenue-at-risk (and recoverable-revenue) gauges in step with one
+        alert message.
 
         `state == "open"` sets this alert's contribution (replacing any earlier one, so
         re-emissions are idempotent); any other state removes it. `group` (e.g. the
@@ -394,51 +406,63 @@ class Metrics:
         with self._lock:
             old = self._open_alerts.pop(alert_id, None)
             if old is not None:
-                self._risk_sub(old[0], old[1])
+                self._risk_sub(old[0], old[1], old[3])
             if state == "open":
                 d = max(0.0, _finite(dollars) or 0.0)
-                self._open_alerts[alert_id] = (labels, d, group)
-                self._risk_add(labels, d)
+                rec = max(0.0, _finite(recoverable) or 0.0)
+                self._open_alerts[alert_id] = (labels, d, group, rec)
+                self._risk_add(labels, d, rec)
 
     def forget_alert(self, alert_id: str) -> None:
         """Stop counting one alert (e.g. its patient-day's state was dropped)."""
         with self._lock:
             old = self._open_alerts.pop(alert_id, None)
             if old is not None:
-                self._risk_sub(old[0], old[1])
+                self._risk_sub(old[0], old[1], old[3])
 
     def forget_group(self, group: Any) -> None:
         """Stop counting every open alert tracked with `group` (partition revoked)."""
         with self._lock:
             for aid in [a for a, v in self._open_alerts.items() if v[2] == group]:
-                labels, d, _ = self._open_alerts.pop(aid)
-                self._risk_sub(labels, d)
+                labels, d, _, rec = self._open_alerts.pop(aid)
+                self._risk_sub(labels, d, rec)
 
     def reset_revenue_at_risk(self) -> None:
         with self._lock:
             self._open_alerts.clear()
-            for labels in self._risk_sums:
+            for labels, sums in self._risk_sums.items():
                 self.revenue_at_risk.labels(*labels).set(0.0)
+                if sums[3]:
+                    self.recoverable_revenue.labels(*labels).set(0.0)
             self._risk_sums.clear()
 
     def open_alert_count(self) -> int:
         return len(self._open_alerts)
 
-    def _risk_add(self, labels: tuple[str, str], d: float) -> None:
-        s = self._risk_sums.setdefault(labels, [0, 0.0])
+    # s[3] marks labels whose recoverable gauge exists: reasons that never recover
+    # anything do not get a recoverable child.
+    def _risk_add(self, labels: tuple[str, str], d: float, rec: float = 0.0) -> None:
+        s = self._risk_sums.setdefault(labels, [0, 0.0, 0.0, 0])
         s[0] += 1
         s[1] += d
+        s[2] += rec
         self.revenue_at_risk.labels(*labels).set(round(s[1], 6))
+        if rec or s[3]:
+            s[3] = 1
+            self.recoverable_revenue.labels(*labels).set(round(s[2], 6))
 
-    def _risk_sub(self, labels: tuple[str, str], d: float) -> None:
+    def _risk_sub(self, labels: tuple[str, str], d: float, rec: float = 0.0) -> None:
         s = self._risk_sums.get(labels)
         if s is None:
             return
         s[0] -= 1
         s[1] -= d
+        s[2] -= rec
         if s[0] <= 0:
-            s[0], s[1] = 0, 0.0
+            s[0], s[1], s[2] = 0, 0.0, 0.0
         self.revenue_at_risk.labels(*labels).set(round(max(0.0, s[1]), 6))
+        if s[3]:
+            self.recoverable_revenue.labels(*labels).set(round(max(0.0, s[2]), 6))
 
     # ---------------------------------------------------------------- whole-record helpers
 
@@ -489,6 +513,7 @@ class Metrics:
                 reason_code=alert.get("reason_code"),
                 dollars=alert.get("revenue_at_risk"),
                 group=group,
+                recoverable=_recoverable(alert),
             )
 
     # ---------------------------------------------------------------- state and lag
@@ -545,6 +570,11 @@ class _WithoutCreated:
 
     def describe(self) -> Iterator[Metric]:
         return self._families(False)
+
+
+def _recoverable(alert: Mapping[str, Any]) -> Any:
+    details = alert.get("details")
+    return details.get("recoverable_revenue") if isinstance(details, Mapping) else None
 
 
 def _finite(x: Any) -> float | None:

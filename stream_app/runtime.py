@@ -13,6 +13,6 @@ from stream_app.rules import load_rules
 
 def build_engine(settings: Settings) -> Engine:
     """Raises RuleDataError naming file, line and column when the rule data is bad."""
-    rules = load_rules(settings.rules_dir)
+    rules = load_rules(settings.rules_dir, pfs_locality=settings.pfs_locality or None)
     return Engine(rules, EngineSettings(settings.settle_seconds, settings.close_after_seconds,
                                         settings.retention_days, settings.timezone))

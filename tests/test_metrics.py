@@ -29,6 +29,8 @@ CONTRACT = {
     "chargecap_decision_latency_seconds": ("histogram", {"outcome"}),
     "chargecap_open_patient_days": ("gauge", set()),
     "chargecap_consumer_lag_messages": ("gauge", {"topic", "partition"}),
+    # extension (docs/observability.md): revenue open alerts would recover once corrected
+    "chargecap_recoverable_revenue_dollars": ("gauge", {"payer_class", "reason_code"}),
 }
 
 # Beyond §7 (extensions, docs/observability.md): retried Kafka client errors
@@ -54,6 +56,8 @@ def exercise(m: Metrics) -> None:
     m.alert_emitted("MISSING_NDC", "block", "pharmacy", "open")
     m.observe_line("medicare", 0.25, 14.5)
     m.track_alert("a1", state="open", payer_class="medicare", reason_code="MISSING_NDC", dollars=30.0)
+    m.track_alert("a2", state="open", payer_class="medicare", reason_code="WASTE_UNITS_MISMATCH",
+                  dollars=0.89, recoverable=0.89)
     m.observe_latency("charge_line", 0.02)
     m.observe_latency("alert", 0.5)
     m.set_open_patient_days(3)
@@ -247,14 +251,18 @@ def test_reason_table_matches_contract_and_rule_data():
 
     from tests.support.paths import REPO, SPEC_DIR
 
-    contract = (SPEC_DIR / "contract.md").read_text()
-    section = contract[contract.index("### Reason codes"):]
-    section = section[:section.index("\n\n", section.index("| `"))]
-    table: dict[str, tuple[set[str], str]] = {}
-    for row in section.splitlines():
-        m = re.match(r"\| `([A-Z0-9_]+)` \|.*\| ([^|]+) \| ([a-z_]+) \| [^|]+ \|$", row)
-        if m:
-            table[m.group(1)] = (set(re.findall(r"\b(warn|block)\b", m.group(2))), m.group(3))
+    def reason_table(text: str, heading: str) -> dict[str, tuple[set[str], str]]:
+        section = text[text.index(heading):]
+        section = section[:section.index("\n\n", section.index("| `"))]
+        table: dict[str, tuple[set[str], str]] = {}
+        for row in section.splitlines():
+            m = re.match(r"\| `([A-Z0-9_]+)` \|.*\| ([^|]+) \| ([a-z_]+) \| [^|]+ \|$", row)
+            if m:
+                table[m.group(1)] = (set(re.findall(r"\b(warn|block)\b", m.group(2))),
+                                     m.group(3))
+        return table
+
+    table = reason_table((SPEC_DIR / "contract.md").read_text(), "### Reason codes")
     assert len(table) == 23
     # ehr-mapping.md §2 extends the table with ENCOUNTER_CONTEXT_MISSING
     mapping = (SPEC_DIR / "ehr-mapping.md").read_text()
@@ -265,6 +273,11 @@ def test_reason_table_matches_contract_and_rule_data():
         if m:
             table[m.group(1)] = (set(re.findall(r"\b(warn|block)\b", m.group(2))), m.group(3))
     assert len(table) == 24
+    # the extensions, documented in the contract's style in docs/rule-data.md
+    extensions = reason_table((REPO / "docs" / "rule-data.md").read_text(),
+                              "### Reason codes from CMS data")
+    assert set(extensions) == {"WASTE_UNITS_MISMATCH", "PTP_BUNDLED", "PTP_MODIFIER_REQUIRED"}
+    table.update(extensions)
     assert {r: (set(s), q) for r, (s, q) in M.REASON_CODES.items()} == table
     assert {q for _, q in M.REASON_CODES.values()} == set(M.WORK_QUEUES)
     with open(REPO / "stream_app" / "rules" / "reason_codes.csv", newline="") as f:
@@ -447,3 +460,32 @@ def test_write_textfile(tmp_path):
     text = path.read_text()
     assert 'chargecap_events_consumed_total{topic="ehr.em-services"} 5.0' in text
     assert {f.name for f in text_string_to_metric_families(text)} >= {"chargecap_denial_risk"}
+
+
+def _sample(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_recoverable_revenue_follows_open_alerts_and_only_recovering_reasons():
+    """chargecap_recoverable_revenue_dollars: details.recoverable_revenue of the open
+    alerts (WASTE_UNITS_MISMATCH: billable JW units x payment limit), no PHI labels."""
+    m = Metrics()
+    waste = {"alert_id": "w1", "state": "open", "reason_code": "WASTE_UNITS_MISMATCH",
+             "severity": "block", "work_queue": "pharmacy", "payer_class": "medicare",
+             "revenue_at_risk": 0.89, "details": {"recoverable_revenue": 0.89}}
+    m.record_alert(waste)
+    m.record_alert({**waste, "alert_id": "w2", "details": {"recoverable_revenue": 1.34}})
+    m.record_alert({"alert_id": "n1", "state": "open", "reason_code": "MISSING_NDC",
+                    "severity": "block", "work_queue": "pharmacy", "payer_class": "medicare",
+                    "revenue_at_risk": 5.0, "details": {}})
+    labels = {"payer_class": "medicare", "reason_code": "WASTE_UNITS_MISMATCH"}
+    assert _sample(m, "chargecap_recoverable_revenue_dollars", **labels) == pytest.approx(2.23)
+    # a reason that recovers nothing gets no recoverable series
+    assert _sample(m, "chargecap_recoverable_revenue_dollars", payer_class="medicare",
+                   reason_code="MISSING_NDC") is None
+    m.record_alert({**waste, "state": "resolved"})
+    assert _sample(m, "chargecap_recoverable_revenue_dollars", **labels) == pytest.approx(1.34)
+    m.forget_alert("w2")
+    assert _sample(m, "chargecap_recoverable_revenue_dollars", **labels) == 0.0
+    text = m.exposition().decode()
+    assert "w1" not in text and "w2" not in text  # alert ids are never exported

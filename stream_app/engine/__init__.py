@@ -29,8 +29,12 @@ from stream_app.engine.ruledata import (
     BillingUnit,
     Derivation,
     FrequencyLimit,
+    Gpci,
     Mue,
+    OppsPayment,
     PayerProfile,
+    PfsRvu,
+    PriceFactor,
     ReasonInfo,
     RuleDataError,
     RuleSet,
@@ -41,7 +45,8 @@ from stream_app.engine.state import PatientState
 __all__ = [
     "STATE_LAYOUT", "Administration", "BillingUnit", "DeadLetter", "Decision", "Derivation",
     "Dispense", "Drug", "EMService", "Engine", "EngineSettings", "FrequencyLimit",
-    "InputRecord", "Mue", "Outcome", "PatientState", "PayerProfile", "ReasonInfo",
+    "Gpci", "InputRecord", "Mue", "OppsPayment", "Outcome", "PatientState", "PayerProfile",
+    "PfsRvu", "PriceFactor", "ReasonInfo",
     "RuleDataError", "RuleSet", "icd10cm_shaped", "ndc_to_11", "normalize_route",
     "npi_check_digit", "npi_valid", "parse_record", "service_date", "zone",
 ]

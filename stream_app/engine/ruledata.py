@@ -12,6 +12,7 @@ its index and look-up in `RuleSet`. See docs/rule-data.md.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,43 @@ class FrequencyLimit:
     max_services: int
     period_days: int
     severity: str  # warn | block
+
+
+@dataclass(frozen=True, slots=True)
+class PfsRvu:
+    """A PFS relative-value row as priced: RVU components and totals (None = NA: not
+    payable to the professional in that setting)."""
+
+    status: str
+    work_rvu: float
+    nonfacility_pe_rvu: float | None
+    facility_pe_rvu: float | None
+    mp_rvu: float
+    nonfacility_total: float | None
+    facility_total: float | None
+    conversion_factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class Gpci:
+    mac: str
+    locality: str
+    pw: float
+    pe: float
+    mp: float
+
+
+@dataclass(frozen=True, slots=True)
+class OppsPayment:
+    status_indicator: str
+    apc: str
+    payment_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PriceFactor:
+    professional_factor: float
+    drug_factor: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +181,67 @@ class HcpcsUnitRow(RuleRow):
 class NdcCrosswalkRow(RuleRow):
     ndc11: str
     hcpcs: str
+    billunits: float | None = None  # BILLUNITS: billing units one package item holds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AspPaymentLimitRow(RuleRow):
+    """asp_payment_limits.csv: Medicare Part B payment limit (ASP + 6 %) per billing unit."""
+
+    hcpcs: str
+    dosage: str
+    payment_limit: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PfsRvuRow(RuleRow):
+    """pfs_rvu.csv: one PPRRVU row (national RVUs; totals None where the file says NA)."""
+
+    code: str
+    modifier: str  # "" = global service
+    status: str
+    work_rvu: float
+    nonfacility_pe_rvu: float | None
+    facility_pe_rvu: float | None
+    mp_rvu: float
+    nonfacility_total: float | None
+    facility_total: float | None
+    conversion_factor: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PfsGpciRow(RuleRow):
+    mac: str
+    locality: str
+    locality_name: str
+    pw_gpci: float
+    pe_gpci: float
+    mp_gpci: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OppsAddendumBRow(RuleRow):
+    hcpcs: str
+    status_indicator: str
+    apc: str
+    payment_rate: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NcciPtpRow(RuleRow):
+    column1: str
+    column2: str
+    modifier_indicator: int  # 0 never payable together, 1 with an NCCI-associated modifier, 9 no edit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayerPriceFactorRow(RuleRow):
+    """payer_price_factors.csv: a payer class's expected payment as a factor over Medicare's
+    CMS-derived price (PFS allowance, ASP payment limit)."""
+
+    payer_class: str
+    professional_factor: float
+    drug_factor: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -496,14 +595,116 @@ def _build_profiles(t: Table) -> _Dated:
     return table
 
 
+def _build_asp(t: Table) -> _Dated:
+    table = _Dated(t.source, "hcpcs")
+    for r in t.rows:
+        table.add(r.hcpcs, r.span(), r.payment_limit, r.line)
+    table.freeze()
+    return table
+
+
+_DOSAGE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(MG|MCG|GM|G|ML|CC|UNITS?|IU)")
+_DOSAGE_UNITS = {"MG": "mg", "MCG": "mcg", "GM": "g", "G": "g", "ML": "mL", "CC": "mL",
+                 "UNIT": "units", "UNITS": "units", "IU": "units"}
+
+
+def billing_unit_of_dosage(hcpcs: str, dosage: str) -> BillingUnit | None:
+    """The ASP files' `HCPCS Code Dosage` ('250 MG', '1 ML', '1000 UNITS', '10 IU') as a
+    billing unit; None for dosages that are not an amount of a dose unit ('PER SQ CM')."""
+    m = _DOSAGE_RE.fullmatch(dosage.strip().upper())
+    if m is None or float(m.group(1)) <= 0:
+        return None
+    return BillingUnit(hcpcs, float(m.group(1)), _DOSAGE_UNITS[m.group(2)], dosage)
+
+
+def _build_asp_units(t: Table) -> _Dated:
+    table = _Dated(t.source, "hcpcs")
+    for r in t.rows:
+        unit = billing_unit_of_dosage(r.hcpcs, r.dosage)
+        if unit is not None:
+            table.add(r.hcpcs, r.span(), unit, r.line)
+    table.freeze()
+    return table
+
+
+def _build_pfs(t: Table) -> _Dated:
+    table = _Dated(t.source, "code/modifier")
+    for r in t.rows:
+        table.add((r.code, r.modifier), r.span(),
+                  PfsRvu(r.status, r.work_rvu, r.nonfacility_pe_rvu, r.facility_pe_rvu, r.mp_rvu,
+                         r.nonfacility_total, r.facility_total, r.conversion_factor), r.line)
+    table.freeze()
+    return table
+
+
+def _build_gpci(t: Table) -> _Dated:
+    table = _Dated(t.source, "mac/locality")
+    for r in t.rows:
+        table.add((r.mac, r.locality), r.span(),
+                  Gpci(r.mac, r.locality, r.pw_gpci, r.pe_gpci, r.mp_gpci), r.line)
+    table.freeze()
+    return table
+
+
+def _build_opps(t: Table) -> _Dated:
+    table = _Dated(t.source, "hcpcs")
+    for r in t.rows:
+        table.add(r.hcpcs, r.span(), OppsPayment(r.status_indicator, r.apc, r.payment_rate),
+                  r.line)
+    table.freeze()
+    return table
+
+
+def _build_ptp(t: Table) -> tuple[_Dated, _Timeline]:
+    """The edits by (column 1, column 2), and by column 2 the (column 1, indicator) pairs
+    in force, so a day's lines are checked with one look-up per code."""
+    table = _Dated(t.source, "column1/column2")
+    for r in t.rows:
+        table.add((r.column1, r.column2), r.span(), r.modifier_indicator, r.line)
+    table.freeze()
+    by_column2: dict[Hashable, list[tuple[int, int, Any]]] = {}
+    for key in table.keys():
+        for e in table.entries(key):
+            if e.value != 9:  # indicator 9: no edit
+                by_column2.setdefault(key[1], []).append((e.start, e.end, (key[0], e.value)))
+    return table, _Timeline(by_column2)
+
+
+def _build_packages(t: Table) -> _Dated:
+    table = _Dated(t.source, "NDC/HCPCS")
+    for r in t.rows:
+        table.add((r.ndc11, r.hcpcs), r.span(), r.billunits, r.line)
+    table.freeze(tolerate_equal=True)
+    return table
+
+
+def _build_factors(t: Table) -> _Dated:
+    table = _Dated(t.source, "payer_class")
+    for r in t.rows:
+        table.add(r.payer_class, r.span(), PriceFactor(r.professional_factor, r.drug_factor),
+                  r.line)
+    table.freeze()
+    return table
+
+
+#: PFS status codes paid under the fee schedule (A active, R restricted, T paid only when
+#: no other service is paid that day). Other statuses (bundled, carrier-priced, not
+#: covered, not valid for Medicare) are not priced from RVUs.
+PFS_PRICED_STATUSES = frozenset({"A", "R", "T"})
+_MEDICARE = "medicare"
+_NO_FACTOR = PriceFactor(1.0, 1.0)
+
+
 class RuleSet:
     """All rule tables and the coding table, validated across rows. Look-ups take the
     service date. Built by stream_app.rules.load_rules (or by a test from rows)."""
 
     def __init__(self, tables: Mapping[type[RuleRow], Table], derivation: Derivation,
-                 files: Mapping[str, str] | None = None):
-        """`tables`: one Table per row type; `files`: file name -> where it was read
-        (for the start-up log and messages)."""
+                 files: Mapping[str, str] | None = None, pfs_locality: str | None = None):
+        """`tables`: one Table per row type (the CMS tables and the price factors may be
+        absent); `files`: file name -> where it was read (for the start-up log and
+        messages); `pfs_locality`: 'MAC-LOCALITY' (e.g. '01112-05') whose GPCIs adjust the
+        PFS allowance, None = national (GPCI 1)."""
         self.derivation = derivation
         self.files: dict[str, str] = dict(files or {})
         self._reasons = _build_reasons(tables[ReasonCodeRow])
@@ -516,6 +717,25 @@ class RuleSet:
         self._crosswalk = _build_crosswalk(tables[NdcCrosswalkRow])
         self._frequency = _build_frequency(tables[FrequencyLimitRow])
         self._profiles = _build_profiles(tables[PayerProfileRow])
+        empty = Table("", ())
+        self._asp = _build_asp(tables.get(AspPaymentLimitRow, empty))
+        self._asp_units = _build_asp_units(tables.get(AspPaymentLimitRow, empty))
+        self._pfs = _build_pfs(tables.get(PfsRvuRow, empty))
+        self._gpci = _build_gpci(tables.get(PfsGpciRow, empty))
+        self._opps = _build_opps(tables.get(OppsAddendumBRow, empty))
+        self._ptp, self._ptp_by_column2 = _build_ptp(tables.get(NcciPtpRow, empty))
+        self._packages = _build_packages(tables[NdcCrosswalkRow])
+        self._factors = _build_factors(tables.get(PayerPriceFactorRow, empty))
+        #: True when NCCI PTP edits are loaded (the rule is skipped without them).
+        self.has_ptp = bool(tables.get(NcciPtpRow, empty).rows)
+        self.pfs_locality: tuple[str, str] | None = None
+        if pfs_locality:
+            mac, _, locality = pfs_locality.partition("-")
+            if not any(True for _ in self._gpci.entries((mac, locality))):
+                source = tables.get(PfsGpciRow, empty).source or "pfs_gpci.csv"
+                raise RuleDataError(source, 0, "locality",
+                                    f"PFS locality {pfs_locality!r} (MAC-LOCALITY) has no GPCI row")
+            self.pfs_locality = (mac, locality)
         self._reason_cache: dict[tuple[str, int], ReasonInfo] = {}
 
     # code sets: names such as "em", "injection_day", "facility_restricted_admin",
@@ -579,8 +799,13 @@ class RuleSet:
         return self._fees.get((payer_class, code.strip().upper()), on.toordinal())
 
     def billing_unit(self, hcpcs: str, on: date) -> BillingUnit | None:
-        """None when the code is unknown or has no billing unit (e.g. J3490 unclassified)."""
-        return self._units.get(hcpcs.strip().upper(), on.toordinal())
+        """The CMS payment-limit file's dosage in force for the code (asp_payment_limits.csv,
+        when imported and an amount of a dose unit), else hcpcs_units.csv. None when the
+        code is unknown or has no billing unit (e.g. J3490 unclassified)."""
+        code = hcpcs.strip().upper()
+        day = on.toordinal()
+        unit = self._asp_units.get(code, day)
+        return unit if unit is not None else self._units.get(code, day)
 
     def hcpcs_for_ndc(self, ndc11: str, on: date) -> str | None:
         """NDC -> HCPCS crosswalk (CMS ASP NDC-HCPCS crosswalk layout).
@@ -606,3 +831,79 @@ class RuleSet:
         if profile is None:
             return PayerProfile(payer_class, "59", True, None)
         return profile
+
+    # ---------------------------------------------------------------- CMS data and prices
+
+    def package_billing_units(self, ndc11: str, hcpcs: str, on: date) -> float | None:
+        """BILLUNITS of the crosswalk: billing units of `hcpcs` one package item of the NDC
+        holds (J0696 / 00409-7332-01: 4 = one 1 g vial). None when not known."""
+        return self._packages.get((ndc11.replace("-", ""), hcpcs.strip().upper()), on.toordinal())
+
+    def payment_limit(self, hcpcs: str, on: date) -> float | None:
+        """Medicare Part B payment limit (USD per billing unit, ASP + 6 %) in force."""
+        return self._asp.get(hcpcs.strip().upper(), on.toordinal())
+
+    def pfs_rvu(self, code: str, on: date, modifier: str = "") -> PfsRvu | None:
+        return self._pfs.get((code.strip().upper(), modifier), on.toordinal())
+
+    def gpci(self, mac: str, locality: str, on: date) -> Gpci | None:
+        return self._gpci.get((mac, locality), on.toordinal())
+
+    def opps_payment(self, hcpcs: str, on: date) -> OppsPayment | None:
+        """OPPS Addendum B row (facility claims: not used by the professional-claim rules)."""
+        return self._opps.get(hcpcs.strip().upper(), on.toordinal())
+
+    def ptp_indicator(self, column1: str, column2: str, on: date) -> int | None:
+        """NCCI PTP modifier indicator of the active column 1 / column 2 edit, else None."""
+        return self._ptp.get((column1, column2), on.toordinal())
+
+    def ptp_column1_edits(self, column2: str, on: date) -> Mapping[str, int]:
+        """Column 1 code -> modifier indicator (0 or 1) of the edits in force whose column 2
+        is `column2`; indicator 9 (no edit) is left out."""
+        return dict(self._ptp_by_column2.get(column2, on.toordinal()))
+
+    def price_factor(self, payer_class: str, on: date) -> PriceFactor | None:
+        """Factor over Medicare for the payer class (Medicare itself: 1)."""
+        if payer_class == _MEDICARE:
+            return _NO_FACTOR
+        return self._factors.get(payer_class, on.toordinal())
+
+    def pfs_allowance(self, code: str, on: date, *, facility: bool) -> float | None:
+        """Medicare PFS allowance in USD for the global service: total RVUs of the setting x
+        the conversion factor, or with the configured locality the RVU components x its
+        GPCIs x the conversion factor; rounded to cents. 0.0 when the file says NA (not
+        payable to the professional in that setting); None when the PFS has no priced row."""
+        rvu = self._pfs.get((code.strip().upper(), ""), on.toordinal())
+        if rvu is None or rvu.status not in PFS_PRICED_STATUSES:
+            return None
+        total = rvu.facility_total if facility else rvu.nonfacility_total
+        if total is None:
+            return 0.0
+        gpci = self._gpci.get(self.pfs_locality, on.toordinal()) if self.pfs_locality else None
+        if gpci is not None:
+            pe = rvu.facility_pe_rvu if facility else rvu.nonfacility_pe_rvu
+            total = rvu.work_rvu * gpci.pw + (pe or 0.0) * gpci.pe + rvu.mp_rvu * gpci.mp
+        return round(total * rvu.conversion_factor + 1e-9, 2)
+
+    def unit_price(self, code: str, payer_class: str, place_of_service: str | None,
+                   on: date) -> float | None:
+        """Expected payment per unit of `code` for the payer class on the service date.
+
+        1. a drug with an ASP payment limit in force: the limit x the payer's drug factor;
+        2. a service with a priced PFS row: the Medicare allowance of the setting (facility
+           when the place of service is in the payer class's facility set) x the payer's
+           professional factor (0.0 when NA: not payable to the professional there);
+        3. otherwise fee_schedule.csv. A payer class without a factor in force also falls
+           back to fee_schedule.csv. None when nothing prices the code."""
+        code = code.strip().upper()
+        factor = self.price_factor(payer_class, on)
+        if factor is not None:
+            limit = self._asp.get(code, on.toordinal())
+            if limit is not None:
+                return limit * factor.drug_factor
+            facility = place_of_service is not None and (
+                place_of_service in self.facility_pos(payer_class, on))
+            allowance = self.pfs_allowance(code, on, facility=facility)
+            if allowance is not None:
+                return allowance * factor.professional_factor
+        return self._fees.get((payer_class, code), on.toordinal())

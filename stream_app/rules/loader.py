@@ -30,6 +30,7 @@ from stream_app.engine import ndc_to_11
 from stream_app.engine.ruledata import (
     ADDON_SET,
     AddonCodeRow,
+    AspPaymentLimitRow,
     CodeSetRow,
     Derivation,
     FacilityPosRow,
@@ -37,8 +38,13 @@ from stream_app.engine.ruledata import (
     FrequencyLimitRow,
     HcpcsUnitRow,
     MueRow,
+    NcciPtpRow,
     NdcCrosswalkRow,
+    OppsAddendumBRow,
+    PayerPriceFactorRow,
     PayerProfileRow,
+    PfsGpciRow,
+    PfsRvuRow,
     ReasonCodeRow,
     RuleDataError,
     RuleRow,
@@ -307,9 +313,12 @@ def _ndc_crosswalk(row: _Row) -> NdcCrosswalkRow:
     ndc = ndc_to_11(raw)
     if ndc is None:
         raise row.err("ndc", f"NDC {raw!r} is not 5-4-2 / 4-4-2 / 5-3-2 / 5-4-1 or 11 digits")
-    for column in ("pkg_size", "pkg_qty", "billunits", "billunitspkg"):
+    for column in ("pkg_size", "pkg_qty"):
         row.number(column, required=False)
-    return NdcCrosswalkRow(ndc11=ndc, hcpcs=hcpcs, **row.common())
+    billunits = row.number("billunits", required=False)
+    row.number("billunitspkg", required=False)
+    return NdcCrosswalkRow(ndc11=ndc, hcpcs=hcpcs,
+                           billunits=float(billunits) if billunits else None, **row.common())
 
 
 def _frequency_limit(row: _Row) -> FrequencyLimitRow:
@@ -333,6 +342,99 @@ def _payer_profile(row: _Row) -> PayerProfileRow:
     )
 
 
+# The tables `chargecap rules import` writes (docs/rule-data.md "Tables written"); the
+# loader reads what the engine uses and checks the rest of each row's shape.
+_PTP_INDICATORS = frozenset({"0", "1", "9"})
+_MAC_RE = re.compile(r"\d{5}")
+_LOCALITY_RE = re.compile(r"\d{2}")
+_MODIFIER_RE = re.compile(r"[A-Z0-9]{2}")
+
+
+def _asp_payment_limit(row: _Row) -> AspPaymentLimitRow:
+    hcpcs = row.code("hcpcs", _HCPCS_RE)
+    dosage = row.get("dosage")
+    limit = float(row.number("payment_limit"))
+    row.number("coinsurance_percent", required=False, maximum=100.0)
+    return AspPaymentLimitRow(hcpcs=hcpcs, dosage=dosage, payment_limit=limit, **row.common())
+
+
+def _pfs_total(row: _Row, total: str, na: str) -> float | None:
+    """A setting's total RVUs: empty exactly when the NA indicator is true."""
+    not_payable = row.boolean(na)
+    value = row.number(total, required=not not_payable)
+    if not_payable and value is not None:
+        raise row.err(total, f"a total with {na} = true (NA: not payable in that setting)")
+    return None if not_payable else float(value)
+
+
+def _pfs_rvu(row: _Row) -> PfsRvuRow:
+    code = row.code("code", _HCPCS_RE)
+    modifier = row.get("modifier").upper()
+    if modifier and not _MODIFIER_RE.fullmatch(modifier):
+        raise row.err("modifier", f"malformed modifier {modifier!r}")
+    status = row.code("status", re.compile(r"[A-Z]"))
+    work = float(row.number("work_rvu"))
+    nonfacility_pe = row.number("nonfacility_pe_rvu", required=False)
+    facility_pe = row.number("facility_pe_rvu", required=False)
+    mp = float(row.number("mp_rvu"))
+    nonfacility = _pfs_total(row, "nonfacility_total", "nonfacility_na")
+    facility = _pfs_total(row, "facility_total", "facility_na")
+    cf = float(row.number("conversion_factor", positive=True))
+    return PfsRvuRow(code=code, modifier=modifier, status=status, work_rvu=work,
+                     nonfacility_pe_rvu=nonfacility_pe, facility_pe_rvu=facility_pe, mp_rvu=mp,
+                     nonfacility_total=nonfacility, facility_total=facility,
+                     conversion_factor=cf, **row.common())
+
+
+def _pfs_gpci(row: _Row) -> PfsGpciRow:
+    mac = row.text("mac")
+    if not _MAC_RE.fullmatch(mac):
+        raise row.err("mac", f"MAC {mac!r} is not 5 digits")
+    locality = row.text("locality")
+    if not _LOCALITY_RE.fullmatch(locality):
+        raise row.err("locality", f"locality {locality!r} is not 2 digits")
+    return PfsGpciRow(mac=mac, locality=locality, locality_name=row.get("locality_name"),
+                      pw_gpci=float(row.number("pw_gpci", positive=True)),
+                      pe_gpci=float(row.number("pe_gpci", positive=True)),
+                      mp_gpci=float(row.number("mp_gpci", positive=True)), **row.common())
+
+
+def _opps_addendum_b(row: _Row) -> OppsAddendumBRow:
+    hcpcs = row.code("hcpcs", _HCPCS_RE)
+    si = row.code("status_indicator", re.compile(r"[A-Z][A-Z0-9]?"))
+    apc = row.get("apc")
+    if apc and not re.fullmatch(r"\d{4}", apc):
+        raise row.err("apc", f"APC {apc!r} is not 4 digits")
+    for column in ("relative_weight", "national_unadjusted_copayment",
+                   "minimum_unadjusted_copayment"):
+        row.number(column, required=False)
+    rate = row.number("payment_rate", required=False)
+    return OppsAddendumBRow(hcpcs=hcpcs, status_indicator=si, apc=apc,
+                            payment_rate=None if rate is None else float(rate), **row.common())
+
+
+def _ncci_ptp(row: _Row) -> NcciPtpRow:
+    column1, column2 = row.code("column1", _HCPCS_RE), row.code("column2", _HCPCS_RE)
+    if column1 == column2:
+        raise row.err("column2", f"{column1} cannot be edited against itself")
+    row.iso_date("deletion_date")
+    indicator = row.choice("modifier_indicator", _PTP_INDICATORS)
+    return NcciPtpRow(column1=column1, column2=column2, modifier_indicator=int(indicator),
+                      **row.common())
+
+
+def _payer_price_factor(row: _Row) -> PayerPriceFactorRow:
+    payer = row.payer_class()
+    if payer == V.PAYER_CLASSES[0]:
+        raise row.err("payer_class", "medicare is the base of the factors (always 1)")
+    return PayerPriceFactorRow(
+        payer_class=payer,
+        professional_factor=float(row.number("professional_factor", positive=True)),
+        drug_factor=float(row.number("drug_factor", positive=True)),
+        **row.common(),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     """How one rule file is read: its columns and the parser that makes its typed rows."""
@@ -340,6 +442,9 @@ class TableSpec:
     row_type: type[RuleRow]
     layout: _Layout
     parse: Callable[[_Row], RuleRow]
+    # Read only when the operator's directory has it (CMS data written by `chargecap rules
+    # import`); absent, the table is empty and the rules that use it fall back or skip.
+    imported: bool = False
 
 
 TABLES: dict[str, TableSpec] = {
@@ -361,6 +466,26 @@ TABLES: dict[str, TableSpec] = {
     "payer_profiles.csv": TableSpec(PayerProfileRow, _Layout(
         ("payer_class", "distinct_modifier", "bundle_99211", "jz_jw_required_from")),
         _payer_profile),
+    "payer_price_factors.csv": TableSpec(PayerPriceFactorRow, _Layout(
+        ("payer_class", "professional_factor", "drug_factor")), _payer_price_factor),
+    "asp_payment_limits.csv": TableSpec(AspPaymentLimitRow, _Layout(
+        ("hcpcs", "payment_limit"), ("short_description", "dosage", "coinsurance_percent",
+                                     "source")), _asp_payment_limit, imported=True),
+    "pfs_rvu.csv": TableSpec(PfsRvuRow, _Layout(
+        ("code", "modifier", "status", "work_rvu", "mp_rvu", "nonfacility_total",
+         "nonfacility_na", "facility_total", "facility_na", "conversion_factor"),
+        ("description", "nonfacility_pe_rvu", "facility_pe_rvu", "pctc", "global_days",
+         "source")), _pfs_rvu, imported=True),
+    "pfs_gpci.csv": TableSpec(PfsGpciRow, _Layout(
+        ("mac", "locality", "pw_gpci", "pe_gpci", "mp_gpci"),
+        ("state", "locality_name", "source")), _pfs_gpci, imported=True),
+    "opps_addendum_b.csv": TableSpec(OppsAddendumBRow, _Layout(
+        ("hcpcs", "status_indicator", "apc", "payment_rate"),
+        ("short_descriptor", "relative_weight", "national_unadjusted_copayment",
+         "minimum_unadjusted_copayment", "source")), _opps_addendum_b, imported=True),
+    "ncci_ptp.csv": TableSpec(NcciPtpRow, _Layout(
+        ("column1", "column2", "modifier_indicator"),
+        ("deletion_date", "pre_1996", "rationale", "source")), _ncci_ptp, imported=True),
 }
 
 #: Every CSV rule file, in load order.
@@ -591,8 +716,10 @@ OTHER_LOADERS_FILES = frozenset({
 })
 
 
-def load_rules(rules_dir: str | Path | None = None) -> RuleSet:
+def load_rules(rules_dir: str | Path | None = None, *, pfs_locality: str | None = None) -> RuleSet:
     """Every rule file, packaged or from the operator's directory, validated and typed.
+    `pfs_locality` ('MAC-LOCALITY', e.g. '01112-05'): price PFS services with that
+    locality's GPCIs (needs pfs_gpci.csv); None = national.
 
     Raises RuleDataError on the first problem found (file, physical line, column).
     """
@@ -607,6 +734,8 @@ def load_rules(rules_dir: str | Path | None = None) -> RuleSet:
     tables: dict[type[RuleRow], Table] = {}
     files: dict[str, str] = {}
     for name, spec in TABLES.items():
+        if spec.imported and (directory is None or not (directory / name).is_file()):
+            continue
         label, data = _read_source(directory, name)
         rows = _read_rows(label, data, spec.layout)
         tables[spec.row_type] = Table(label, tuple(spec.parse(row) for row in rows))
@@ -614,6 +743,6 @@ def load_rules(rules_dir: str | Path | None = None) -> RuleSet:
     label, data = _read_source(directory, DERIVATION_FILE)
     derivation = _derivation(label, data)
     files[DERIVATION_FILE] = label
-    rules = RuleSet(tables, derivation, files)
+    rules = RuleSet(tables, derivation, files, pfs_locality=pfs_locality)
     log.info("rule data loaded: %s", ", ".join(files.values()))
     return rules

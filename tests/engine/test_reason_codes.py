@@ -23,6 +23,7 @@ from tests.engine.builders import (
     risk,
     run,
 )
+from tests.support.cms_rules import imported_rules_dir, with_ptp_examples
 
 # contract.md §3 reason-code table: code -> (severity, work queue, CARC, RARC)
 CONTRACT = {
@@ -51,6 +52,10 @@ CONTRACT = {
     "FACILITY_ONLY_CODE": ("block", "coding", None, None),
     # ehr-mapping.md §2 (extension): + M77 when the place of service is the missing field
     "ENCOUNTER_CONTEXT_MISSING": ("block", "facility_billing", "CO-16", "M77"),
+    # extensions raised with imported CMS data (docs/rule-data.md "Rules from CMS data")
+    "WASTE_UNITS_MISMATCH": ("block", "pharmacy", "CO-4", None),
+    "PTP_BUNDLED": ("block", "coding", "CO-97", None),
+    "PTP_MODIFIER_REQUIRED": ("block", "coding", "CO-97", None),
 }
 
 
@@ -129,6 +134,12 @@ def _scenario(code: str) -> tuple[list[dict], list[str], dict[str, list[str]]]:
                 ["96372"], {"96372": [code]})
     if code == V.ADDON_WITHOUT_PRIMARY:  # add-on proposed with no primary on the day
         return [a(record_id=SUBJ, charge_code="96366")], [], {}
+    if code == V.WASTE_UNITS_MISMATCH:  # 500 mg from the 1 g vial, waste documented as 0
+        return ([a(record_id=SUBJ, payer_class="medicare", drug={"wasted_amount": 0})],
+                ["96372"], {})
+    if code in (V.PTP_BUNDLED, V.PTP_MODIFIER_REQUIRED):  # IV push, then an IM injection
+        return ([a(record_id="first", time="09:00", route="IV_PUSH", drug="ondansetron"),
+                 a(record_id=SUBJ, time="09:20")], ["96374", "J2405", "J0696"], {})
     if code == V.FACILITY_ONLY_CODE:  # same drug pushed again 40 min later, proposed 96376
         push = {"route": "IV_PUSH", "drug": "ondansetron"}
         return ([a(record_id="first", time="09:00", **push),
@@ -139,15 +150,27 @@ def _scenario(code: str) -> tuple[list[dict], list[str], dict[str, list[str]]]:
     raise AssertionError(code)
 
 
+def _scenario_rules(code: str, tmp_path):
+    """Rule data of a scenario: the packaged tables, or for the rules that use CMS data
+    the imported ../shared/cms files (plus EXAMPLE PTP edits, not CMS data)."""
+    if code == V.WASTE_UNITS_MISMATCH:
+        return imported_rules_dir()
+    if code == V.PTP_BUNDLED:
+        return with_ptp_examples(tmp_path / "rules", [("96374", "96372", 0)])
+    if code == V.PTP_MODIFIER_REQUIRED:
+        return with_ptp_examples(tmp_path / "rules", [("96374", "96372", 1)])
+    return None
+
+
 def test_contract_table_covers_every_reason_code_of_the_engine():
     assert set(CONTRACT) == set(V.REASON_CODES)
-    assert len(CONTRACT) == 24
+    assert len(CONTRACT) == 23 + 1 + 3
 
 
 @pytest.mark.parametrize("code", sorted(CONTRACT))
-def test_reason_code_raised_with_contract_metadata_and_holds(code):
+def test_reason_code_raised_with_contract_metadata_and_holds(code, tmp_path):
     records, active_codes, warned = _scenario(code)
-    res = run(records)
+    res = run(records, rules_dir=_scenario_rules(code, tmp_path))
     raised = [x for x in res.alerts if x["reason_code"] == code]
     assert len(raised) == 1, (code, res.reasons())
     alert = raised[0]
@@ -193,7 +216,8 @@ def test_reason_code_raised_with_contract_metadata_and_holds(code):
         for ln in res.lines:
             assert ln["warnings"] == [] and ln["denial_risk"] == 0.0
             if code not in (V.EM_99211_SAME_DAY, V.EM_MISSING_MODIFIER_25,
-                            V.EM_NOT_SEPARATELY_IDENTIFIABLE):
+                            V.EM_NOT_SEPARATELY_IDENTIFIABLE, V.WASTE_UNITS_MISMATCH,
+                            V.PTP_BUNDLED, V.PTP_MODIFIER_REQUIRED):
                 assert subj["event_id"] not in ln["source_event_ids"]
 
 

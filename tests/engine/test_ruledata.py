@@ -12,7 +12,7 @@ import pytest
 from stream_app import vocabulary as V
 from stream_app.engine import BillingUnit, Mue, PayerProfile, RuleDataError, RuleSet
 from stream_app.engine.ruledata import REQUIRED_CODE_SETS
-from stream_app.rules import DERIVATION_FILE, RULE_FILES, load_rules
+from stream_app.rules import DERIVATION_FILE, RULE_FILES, TABLES, load_rules
 from tests.engine.builders import RULES_DIR
 
 D = date(2025, 3, 14)
@@ -45,6 +45,10 @@ CONTRACT_REASONS = {
     "FACILITY_ONLY_CODE": ("block", "coding", None, None),
     # ehr-mapping.md §2; its M77 is added per alert (POS missing), not in the row
     "ENCOUNTER_CONTEXT_MISSING": ("block", "facility_billing", "CO-16", None),
+    # extensions raised with imported CMS data (docs/rule-data.md "Rules from CMS data")
+    "WASTE_UNITS_MISMATCH": ("block", "pharmacy", "CO-4", None),
+    "PTP_BUNDLED": ("block", "coding", "CO-97", None),
+    "PTP_MODIFIER_REQUIRED": ("block", "coding", "CO-97", None),
 }
 
 
@@ -66,7 +70,11 @@ def write(tmp_path, name: str, text: str | bytes):
 
 
 def test_packaged_data_loads_every_file(rules):
-    assert set(rules.files) == {*RULE_FILES, DERIVATION_FILE}
+    # the CMS tables written by `rules import` are read only from an operator directory
+    packaged = {name for name, spec in TABLES.items() if not spec.imported}
+    assert set(rules.files) == {*packaged, DERIVATION_FILE}
+    assert set(RULE_FILES) - packaged == {"asp_payment_limits.csv", "pfs_rvu.csv",
+                                          "pfs_gpci.csv", "opps_addendum_b.csv", "ncci_ptp.csv"}
     assert rules.derivation.push.initial == "96374"  # billing-rules.md §2
     for name in REQUIRED_CODE_SETS:
         assert rules.code_set(name, D), name

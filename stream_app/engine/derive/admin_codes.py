@@ -180,8 +180,9 @@ class AdminCodeRules(RuleFamily):
     def _line(self, patient_id, day, rec, role, code, modifiers, units, events) -> Line:
         ln = Line(line_key(patient_id, day, rec.event_type, rec.record_id, role), role, rec, code,
                   list(modifiers), units, source_event_ids=events)
-        fee = self._fee(code, rec.payer_class, day) if rec.payer_class else None
-        ln.expected = round((fee or 0.0) * units, 2)
+        price = (self._price(code, rec.payer_class, rec.place_of_service, day)
+                 if rec.payer_class else None)
+        ln.expected = round((price or 0.0) * units, 2)
         return ln
 
     def _facility_setting(self, rec: Administration, day, f: AdminFacts, alerts, subject) -> None:

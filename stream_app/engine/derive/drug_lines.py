@@ -1,5 +1,6 @@
 """Drug supply lines (billing-rules.md §6): HCPCS units from the dose, NDC quantity,
-JW/JZ (WASTE_MODIFIER_MISSING) and DRUG_UNITS_UNKNOWN.
+JW/JZ (WASTE_MODIFIER_MISSING), the documented waste against the package the crosswalk
+describes (WASTE_UNITS_MISMATCH) and DRUG_UNITS_UNKNOWN.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from stream_app.engine.derive.model import (
     ROLE_DRUG,
     ROLE_DRUG_WASTE,
     AdminFacts,
+    Line,
     RuleFamily,
     add_alert,
     ndc11_of,
@@ -72,14 +74,21 @@ class DrugLineRules(RuleFamily):
 
     def _drug_units(self, amount, dose_unit, unit) -> int | None:
         """HCPCS units = amount / billing unit, rounded up (billing-rules §6)."""
+        q = self._billing_units_exact(amount, dose_unit, unit)
+        if q is None:
+            return None
+        return max(1, int(math.ceil(q - 1e-9)))
+
+    def _billing_units_exact(self, amount, dose_unit, unit) -> float | None:
+        """amount (in dose_unit) expressed in billing units, not rounded; None when the
+        billing unit is unknown or the units are incompatible."""
         if amount is None or dose_unit is None or unit is None:
             return None
         scale = self.d.dose_unit_scale
         have, want = scale.get(dose_unit), scale.get(unit.unit)
         if have is None or want is None or have.unit != want.unit:
             return None
-        q = amount * have.factor / (unit.amount * want.factor)
-        return max(1, int(math.ceil(q - 1e-9)))
+        return amount * have.factor / (unit.amount * want.factor)
 
     def _drug_units_known(self, f: AdminFacts, day, alerts, subject) -> None:
         """DRUG_UNITS_UNKNOWN (warn): no HCPCS code, or no billing unit to compute units."""
@@ -102,8 +111,54 @@ class DrugLineRules(RuleFamily):
         """WASTE_MODIFIER_MISSING: Medicare single-dose container from 2023-07-01 without a
         documented wasted amount (JW/JZ policy)."""
         rec = f.rec
-        if (self._waste_policy_applies(rec, day) and rec.drug.wasted_amount is None
-                and any(ln.role == ROLE_DRUG for ln in f.lines)):
+        if not self._waste_policy_applies(rec, day):
+            return
+        drug_lines = [ln for ln in f.lines if ln.role in (ROLE_DRUG, ROLE_DRUG_WASTE)]
+        if not drug_lines:
+            return
+        if rec.drug.wasted_amount is None:
             add_alert(alerts, V.WASTE_MODIFIER_MISSING, rec, subject, rec.drug.hcpcs, [],
                    "Single-dose container without a documented wasted amount: JW or JZ required",
                    "Document the discarded amount (0 for none) so JZ or a JW line can be billed")
+            return
+        self._waste_against_package(f, day, alerts, subject, drug_lines)
+
+    def _waste_against_package(self, f: AdminFacts, day, alerts, subject,
+                               drug_lines: list[Line]) -> None:
+        """WASTE_UNITS_MISMATCH: the crosswalk's BILLUNITS says how many billing units one
+        package item of the NDC holds. Opening ceil(dose / package) items leaves
+        items x package - dose as waste; a documented wasted amount one billing unit or
+        more away from that disagrees with the package. The billable JW units are what the
+        opened items hold beyond the billed administered units (CMS JW/JZ FAQ)."""
+        rec, drug = f.rec, f.rec.drug
+        main = drug_lines[0]
+        if main.role != ROLE_DRUG or not main.ndc:
+            return
+        package = self.rules.package_billing_units(main.ndc, main.code, day)
+        unit = self.rules.billing_unit(main.code, day) if package else None
+        dose = self._billing_units_exact(drug.dose, drug.dose_unit, unit)
+        wasted = self._billing_units_exact(drug.wasted_amount, drug.dose_unit, unit)
+        if dose is None or wasted is None or dose <= 0:
+            return
+        items = max(1, math.ceil(dose / package - 1e-9))
+        expected_waste = items * package - dose
+        if abs(wasted - expected_waste) < 1 - 1e-9:
+            return
+        billable_jw = max(0, math.floor(items * package - main.units + 1e-9))
+        documented_jw = sum(ln.units for ln in drug_lines if ln.role == ROLE_DRUG_WASTE)
+        price = self._price(main.code, rec.payer_class, rec.place_of_service, day) or 0.0
+        recoverable = round(max(0, billable_jw - documented_jw) * price, 2)
+        # the expected waste in the documented dose unit, for the coder
+        per_unit = drug.wasted_amount / wasted if wasted else drug.dose / dose
+        expected_amount = round(expected_waste * per_unit, 3)
+        unit_name = drug.dose_unit
+        add_alert(alerts, V.WASTE_UNITS_MISMATCH, rec, subject, main.code, drug_lines,
+               f"Documented waste of {main.code} ({drug.wasted_amount:g} {unit_name}) disagrees "
+               f"with the package: NDC {main.ndc} holds {package:g} billing units per item, "
+               f"{drug.dose:g} {unit_name} administered leaves {expected_amount:g} {unit_name} "
+               f"({billable_jw} JW units)",
+               f"Correct the documented wasted amount to {expected_amount:g} {unit_name} and bill "
+               f"{main.code}-JW x {billable_jw}, or correct the NDC if another package was used",
+               {"ndc": main.ndc, "package_billing_units": package, "items_opened": items,
+                "administered_units": main.units, "expected_jw_units": billable_jw,
+                "documented_jw_units": documented_jw, "recoverable_revenue": recoverable})

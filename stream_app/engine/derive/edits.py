@@ -1,5 +1,6 @@
 """Edits across lines (billing-rules.md §5): DUPLICATE_SERVICE, ADDON_WITHOUT_PRIMARY
-on a derived add-on, MUE_EXCEEDED, FREQUENCY_LIMIT.
+on a derived add-on, MUE_EXCEEDED, FREQUENCY_LIMIT, and the NCCI procedure-to-procedure
+edits (PTP_BUNDLED, PTP_MODIFIER_REQUIRED) when ncci_ptp.csv is loaded.
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from stream_app import vocabulary as V
 from stream_app.engine.derive.model import (
     ROLE_ADMIN,
     ROLE_DRUG,
+    ROLE_EM,
     AdminFacts,
     Alert,
+    DayView,
     Line,
     RuleFamily,
     add_alert,
     minutes_between,
 )
+
+# The same-day E/M rules of billing-rules.md §3 (CPT's own bundling of an E/M with an
+# injection): where one of them already holds an E/M line, an NCCI edit on that line says
+# nothing more, so no PTP alert is raised on it.
+_HAND_CODED_EM_BUNDLING = frozenset({V.EM_99211_SAME_DAY, V.EM_MISSING_MODIFIER_25,
+                                     V.EM_NOT_SEPARATELY_IDENTIFIABLE})
 
 
 class EditRules(RuleFamily):
@@ -112,3 +121,74 @@ class EditRules(RuleFamily):
                            f"Check the payer's frequency policy for {ln.code} before billing",
                            {"max_services": lim.max_services, "period_days": lim.period_days,
                             "prior_services": prior}, severity=lim.severity)
+
+    def _ptp_edits(self, day: date, day_facts: list[AdminFacts], view: DayView,
+                   alerts: list[Alert]) -> None:
+        """NCCI PTP edits: two lines of the patient-day with the same rendering NPI whose
+        codes form an active column 1 / column 2 pair (held lines count; withdrawn records
+        and blocked duplicates do not). Modifier indicator 0: the column 2 line is never
+        payable with column 1 (PTP_BUNDLED holds it); 1: payable only with an
+        NCCI-associated modifier on the column 2 line (59, XE, XS, XP, XU; 25 when the
+        column 2 code is an E/M), else PTP_MODIFIER_REQUIRED holds it; 9: no edit."""
+        if not self.rules.has_ptp:
+            return
+        lines = [ln for f in day_facts if not f.duplicate for ln in f.lines]
+        lines += [ln for ln in view.lines.values() if ln.role == ROLE_EM]
+        if len(lines) < 2:
+            return
+        codes = {ln.code for ln in lines}
+        edits = {c: e for c in codes if (e := self.rules.ptp_column1_edits(c, day))
+                 and not codes.isdisjoint(e)}
+        if not edits:
+            return  # the common day: no two of its codes form an edit
+        lines.sort(key=lambda ln: (ln.record.occurred_at, ln.record.record_id, ln.role))
+        handled = {k for a in alerts if a.reason_code in _HAND_CODED_EM_BUNDLING
+                   for k in a.line_keys}
+        for col2 in lines:
+            column1s = edits.get(col2.code)
+            if column1s is None or col2.key in handled:
+                continue
+            for col1 in lines:
+                indicator = column1s.get(col1.code)
+                if (indicator is None or col1 is col2
+                        or col1.record.rendering_npi != col2.record.rendering_npi):
+                    continue
+                if indicator == 1 and self._ptp_modifier_present(col2, day):
+                    continue
+                self._ptp_alert(col1, col2, indicator, day, alerts)
+                break
+
+    def _ptp_modifier_present(self, col2: Line, day: date) -> bool:
+        """An NCCI-associated modifier on the column 2 line, or proposed by the EHR for
+        its administration (then carried onto the line, which otherwise derives its own)."""
+        accepted = self.rules.code_set("distinct_modifiers", day)
+        if col2.role == ROLE_EM and col2.code in self.rules.code_set("em", day):
+            accepted = accepted | {self.d.modifiers.separate_em}
+        if any(m in accepted for m in col2.modifiers):
+            return True
+        if col2.role == ROLE_ADMIN:
+            proposed = [m for m in col2.record.charge_modifiers if m in accepted]
+            if proposed:
+                col2.modifiers.append(proposed[0])
+                return True
+        return False
+
+    def _ptp_alert(self, col1: Line, col2: Line, indicator: int, day: date,
+                   alerts: list[Alert]) -> None:
+        details = {"column1_code": col1.code, "column1_line_id": col1.key,
+                   "column2_code": col2.code, "modifier_indicator": indicator}
+        if indicator == 0:
+            add_alert(alerts, V.PTP_BUNDLED, col2.record, "line:" + col2.key, col2.code, [col2],
+                   f"{col2.code} is not payable with {col1.code} on the same day by the same "
+                   "provider (NCCI PTP edit, modifier indicator 0)",
+                   f"Remove {col2.code}: no modifier bypasses this edit (correct the code if a "
+                   "different service was performed)", details)
+            return
+        em = col2.role == ROLE_EM and col2.code in self.rules.code_set("em", day)
+        needed = "25" if em else "59 or XE/XS/XP/XU"
+        add_alert(alerts, V.PTP_MODIFIER_REQUIRED, col2.record, "line:" + col2.key, col2.code,
+               [col2],
+               f"{col2.code} with {col1.code} on the same day by the same provider needs an "
+               "NCCI-associated modifier (NCCI PTP edit, modifier indicator 1)",
+               f"If the documentation supports a separate service, append {needed} to "
+               f"{col2.code}; otherwise remove {col2.code}", details)

@@ -48,7 +48,7 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
     def __init__(self, rules: RuleSet):
         self.rules = CachedRules(rules)
         self.d: Derivation = rules.derivation
-        self._fee = self.rules.fee
+        self._price = self.rules.unit_price
 
     def evaluate_patient(self, patient_id: str, records: Iterable, settled: Callable[[date], bool],
                          open_missing_ndc: Callable[[date, str], bool],
@@ -119,6 +119,7 @@ class Evaluator(AdminCodeRules, DrugLineRules, NdcRules, DocumentationRules, Mod
                 for ln in f.lines:
                     view.lines[ln.key] = ln
             self._mue(day, day_facts, alerts)
+            self._ptp_edits(day, day_facts, view, alerts)
         self._frequency_limits(by_day, day_alerts)
 
         for day, view in views.items():

@@ -116,8 +116,10 @@ class CachedRules:
     service dates recur on every evaluation, and rule data never changes while the engine
     runs. Listed one by one so a misspelt look-up fails when the engine is built."""
 
-    __slots__ = ("addon_primaries", "billing_unit", "code_set", "facility_pos", "fee",
-                 "frequency_limits", "hcpcs_for_ndc", "mue", "payer_profile", "reason")
+    __slots__ = ("addon_primaries", "billing_unit", "code_set", "facility_pos",
+                 "frequency_limits", "has_ptp", "hcpcs_for_ndc", "mue",
+                 "package_billing_units", "payer_profile", "ptp_column1_edits", "reason",
+                 "unit_price")
 
     def __init__(self, rules: RuleSet):
         cache = lru_cache(maxsize=8192)
@@ -125,7 +127,10 @@ class CachedRules:
         self.billing_unit = cache(rules.billing_unit)
         self.code_set = cache(rules.code_set)
         self.facility_pos = cache(rules.facility_pos)
-        self.fee = cache(rules.fee)
+        self.unit_price = cache(rules.unit_price)
+        self.package_billing_units = cache(rules.package_billing_units)
+        self.ptp_column1_edits = cache(rules.ptp_column1_edits)
+        self.has_ptp = rules.has_ptp
         self.frequency_limits = cache(rules.frequency_limits)
         self.hcpcs_for_ndc = cache(rules.hcpcs_for_ndc)
         self.mue = cache(rules.mue)
@@ -148,4 +153,4 @@ class RuleFamily:
 
     rules: CachedRules
     d: Derivation
-    _fee: Callable
+    _price: Callable
