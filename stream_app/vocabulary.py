@@ -21,6 +21,12 @@ TOPIC_DEAD_LETTERS = "billing.dead-letters"
 INPUT_TOPICS = (TOPIC_MEDICATION_ADMINISTRATIONS, TOPIC_EM_SERVICES, TOPIC_DISPENSES)
 OUTPUT_TOPICS = (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS, TOPIC_DEAD_LETTERS)
 
+# ehr-mapping.md §1: EHR formats the worker adapts in-process (stream_app/adapters/) and
+# then treats like the canonical input topics.
+TOPIC_FHIR = "ehr.fhir"
+TOPIC_HL7V2 = "ehr.hl7v2"
+EHR_FORMAT_TOPICS = (TOPIC_FHIR, TOPIC_HL7V2)
+
 
 def repartition_topic(app_id: str) -> str:
     """The worker's internal topic that carries valid records keyed by patient."""
