@@ -26,6 +26,9 @@ OUTPUT_TOPICS = (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS, TOPIC_DEAD_LETTERS
 TOPIC_FHIR = "ehr.fhir"
 TOPIC_HL7V2 = "ehr.hl7v2"
 EHR_FORMAT_TOPICS = (TOPIC_FHIR, TOPIC_HL7V2)
+# Every topic the worker consumes. A record's position here is its origin index in the
+# repartition topic's frames (streaming/codecs.py), which outlive a worker: append only.
+WORKER_INPUT_TOPICS = (*INPUT_TOPICS, *EHR_FORMAT_TOPICS)
 
 
 def repartition_topic(app_id: str) -> str:
