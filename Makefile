@@ -27,6 +27,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo          start Kafka, apply topics, run the end-to-end demo"
+	@echo "                   (DEMO_ARGS=\"--format fhir\" or hl7v2: on EHR-format input)"
 	@echo "make test          venv + locked deps + Kafka + ruff + the whole test suite"
 	@echo "make lint          ruff check"
 	@echo "make kafka-up      start the local Kafka on 127.0.0.1:\$$KAFKA_PORT (default 9092)"
@@ -117,7 +118,7 @@ test: bootstrap prometheus pg-install chromium
 
 demo: bootstrap kafka-up
 	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
-	CHARGECAP_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m stream_app demo
+	CHARGECAP_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m stream_app demo $(DEMO_ARGS)
 
 bench: install pg-install chromium
 	$(PY) benchmarks/bench.py

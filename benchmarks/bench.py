@@ -19,6 +19,10 @@ same records `bench_replay.py` replays). Phases (`--only` picks some):
   counters and the output topics' end offsets have been still for a quiet period.
   Settle/close are set far in the future, so every decision measured is a present-state
   one (no settle/close work in the window). → `pipeline_eps`, `pipeline_ratio`.
+* **fhir**, **hl7v2**: the same stream written as FHIR R4 Bundles / HL7 v2 messages
+  (`phases/ehr.py`): the adapter's µs per resource / message in process, and the worker
+  over them as in **pipeline** → `fhir_pipeline_eps`, `fhir_ratio` (= fhir / pipeline;
+  goal: FHIR input costs at most a third of the throughput), `hl7v2_…`.
 * **replay**: `bench_replay.main(["--records", N])` → `replay_eps`, `parse_only_eps`,
   `replay_ratio`.
 * **latency**: a fresh worker on fresh topics; `--rate` events/s for `--latency-seconds`
@@ -71,6 +75,7 @@ from phases.common import (  # noqa: E402
     produce_all,
     wait_topics,
 )
+from phases.ehr import phase_ehr  # noqa: E402
 from phases.faust_floor import phase_faust  # noqa: E402
 from phases.latency import phase_latency  # noqa: E402
 from phases.memory import memory_messages, phase_memory  # noqa: E402
@@ -175,6 +180,22 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
                 details["pipeline"] = pipe
                 res["pipeline_eps"] = round(pipe["eps"])
                 log(f"pipeline: {pipe['eps']:,.0f} events/s")
+        for fmt in ("fhir", "hl7v2"):
+            if fmt not in args.phases:
+                continue
+            t = time.perf_counter()
+            p = f"bench-{run_id}-{fmt}."
+            app_id = f"bench-{run_id}-{fmt}"
+            prefixes += [p, app_id]
+            ehr = await phase_ehr(bootstrap, p, stream, fmt, workdir, app_id, quiet,
+                                  timeout=max(300.0, n / 100), workers=args.workers)
+            durations[fmt] = time.perf_counter() - t
+            details[fmt] = ehr
+            res[f"{fmt}_pipeline_eps"] = round(ehr["eps"])
+            res[f"{fmt}_adapter_us_per_message"] = round(ehr["adapter"]["us_per_message"], 1)
+            if fmt == "fhir":
+                res["fhir_adapter_us_per_resource"] = round(ehr["adapter"]["us_per_resource"], 1)
+            log(f"{fmt} pipeline: {ehr['eps']:,.0f} records/s")
         if "replay" in args.phases:
             t = time.perf_counter()
             rep = phase_replay(args.records)
@@ -234,6 +255,9 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
                 log(f"deleted {deleted} benchmark topic(s)")
     if "raw_passthrough_eps" in res and "pipeline_eps" in res:
         res["pipeline_ratio"] = round(res["pipeline_eps"] / res["raw_passthrough_eps"], 4)
+    for fmt in ("fhir", "hl7v2"):
+        if f"{fmt}_pipeline_eps" in res and res.get("pipeline_eps"):
+            res[f"{fmt}_ratio"] = round(res[f"{fmt}_pipeline_eps"] / res["pipeline_eps"], 4)
     if "raw_passthrough_eps" in res and "faust_passthrough_eps" in res:
         res["faust_ratio"] = round(res["faust_passthrough_eps"] / res["raw_passthrough_eps"], 4)
     res["durations_s"] = {k: round(v, 2) for k, v in durations.items()}
@@ -256,6 +280,13 @@ def print_table(res: dict) -> None:
         ("faust_ratio", "faust passthrough / raw: the ceiling for pipeline_ratio"),
         ("pipeline_eps", "worker, input → last output (events/s)"),
         ("pipeline_ratio", "pipeline / raw (goal ≥ 0.5)"),
+        ("fhir_pipeline_eps", "worker on FHIR R4 Bundles, input → last output (records/s)"),
+        ("fhir_ratio", "FHIR / canonical pipeline (goal ≥ 0.67)"),
+        ("fhir_adapter_us_per_resource", "FHIR adapter in process (µs per resource)"),
+        ("fhir_adapter_us_per_message", "FHIR adapter in process (µs per Bundle)"),
+        ("hl7v2_pipeline_eps", "worker on HL7 v2 messages (records/s)"),
+        ("hl7v2_ratio", "HL7 v2 / canonical pipeline"),
+        ("hl7v2_adapter_us_per_message", "HL7 v2 adapter in process (µs per message)"),
         ("parse_only_eps", "orjson.loads only (events/s)"),
         ("replay_eps", "replay, in-process (events/s)"),
         ("replay_ratio", "replay / parse-only (goal ≥ 0.25)"),

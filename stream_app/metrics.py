@@ -37,6 +37,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 from stream_app.vocabulary import (
+    ADAPTER_DEAD_LETTER_CODES,
     ALERT_STATES,
     DEAD_LETTER_CODES,
     INPUT_TOPICS,
@@ -54,6 +55,8 @@ from stream_app.vocabulary import (
 # metrics' own label sets (contract.md §7).
 DEFAULT_INPUT_TOPICS: tuple[str, ...] = INPUT_TOPICS
 DEFAULT_OUTPUT_TOPICS: tuple[str, ...] = OUTPUT_TOPICS
+# error_code values: the contract's dead-letter codes and the EHR adapters' (ehr-mapping.md §5).
+ERROR_CODES: tuple[str, ...] = (*DEAD_LETTER_CODES, *ADAPTER_DEAD_LETTER_CODES)
 # reason_code -> (possible severities, work queue), contract.md §3 "Reason codes".
 REASON_CODES: Mapping[str, tuple[tuple[str, ...], str]] = REASON_ROUTING
 UNKNOWN = "unknown"
@@ -183,6 +186,17 @@ class Metrics:
             ["topic", "error_code"],
             registry=r,
         )
+        # Extension (docs/observability.md): refusals of valid EHR input that carries
+        # nothing billable (yet) -- an ADT^A31, a planned ChargeItem -- are dead letters too,
+        # but not sender errors (vocabulary.NOT_SENDER_ERRORS): counted here instead of in
+        # the dead-letter counter, so its rate alert keeps meaning "the sender is wrong".
+        self.events_not_billable = Counter(
+            "chargecap_events_not_billable_total",
+            "EHR input refused as carrying nothing billable (sent to the dead-letter topic "
+            "but not a sender error), by error code.",
+            ["topic", "error_code"],
+            registry=r,
+        )
         self.duplicate_events = Counter(
             "chargecap_duplicate_events_total",
             "Redelivered input messages (event_id already processed) that were ignored.",
@@ -290,7 +304,7 @@ class Metrics:
 
     @staticmethod
     def error_label(error_code: Any) -> str:
-        return _pick(error_code, DEAD_LETTER_CODES, OTHER)
+        return _pick(error_code, ERROR_CODES, OTHER)
 
     def _preinitialise(self) -> None:
         """Create the zero-valued children of the known label combinations, so rate()
@@ -322,6 +336,10 @@ class Metrics:
     def dead_lettered(self, topic: str, error_code: str, n: int = 1) -> None:
         if n > 0:
             self.events_dead_lettered.labels(self.topic_label(topic), self.error_label(error_code)).inc(n)
+
+    def not_billable(self, topic: str, error_code: str, n: int = 1) -> None:
+        if n > 0:
+            self.events_not_billable.labels(self.topic_label(topic), self.error_label(error_code)).inc(n)
 
     def duplicate(self, topic: str, n: int = 1) -> None:
         if n > 0:

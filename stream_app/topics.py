@@ -51,6 +51,7 @@ class TopicDef:
     direction: str = ""
     key: str = ""
     value_schema: str | None = None
+    value_format: str = ""  # topics whose values are not records (FHIR, HL7 v2)
     path: Path | None = None
 
 
@@ -121,6 +122,7 @@ def load_topic_definitions(topics_dir: Path | str | None = None) -> list[TopicDe
                 direction=str(doc.get("direction", "")),
                 key=str(doc.get("key", "")),
                 value_schema=doc.get("value_schema"),
+                value_format=str(doc.get("value_format", "")),
                 path=path,
             )
         )

@@ -17,12 +17,20 @@ TOPIC_DISPENSES = "pharmacy.dispenses"
 TOPIC_CHARGE_LINES = "billing.charge-lines"
 TOPIC_CORRECTION_ALERTS = "billing.correction-alerts"
 TOPIC_DEAD_LETTERS = "billing.dead-letters"
-# ehr-mapping.md §2: encounter.updated from canonical producers (the worker's wiring of
-# it comes with the EHR topics).
+# ehr-mapping.md §2: encounter.updated from canonical producers.
 TOPIC_ENCOUNTERS = "ehr.encounters"
 
 INPUT_TOPICS = (TOPIC_MEDICATION_ADMINISTRATIONS, TOPIC_EM_SERVICES, TOPIC_DISPENSES)
 OUTPUT_TOPICS = (TOPIC_CHARGE_LINES, TOPIC_CORRECTION_ALERTS, TOPIC_DEAD_LETTERS)
+
+# ehr-mapping.md §1: EHR formats the worker adapts in-process (stream_app/adapters/) and
+# then treats like the canonical input topics.
+TOPIC_FHIR = "ehr.fhir"
+TOPIC_HL7V2 = "ehr.hl7v2"
+EHR_FORMAT_TOPICS = (TOPIC_FHIR, TOPIC_HL7V2)
+# Every topic the worker consumes. A record's position here is its origin index in the
+# repartition topic's frames (streaming/codecs.py), which outlive a worker: append only.
+WORKER_INPUT_TOPICS = (*INPUT_TOPICS, *EHR_FORMAT_TOPICS, TOPIC_ENCOUNTERS)
 
 
 def repartition_topic(app_id: str) -> str:

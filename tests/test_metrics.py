@@ -37,6 +37,8 @@ CONTRACT = {
 # (docs/reliability.md, "Replicated cluster").
 EXTENSIONS = {
     "chargecap_broker_errors_total": ("counter", {"broker", "kind"}),
+    # EHR input refused as not billable (ehr-mapping.md §5 "not a sender error")
+    "chargecap_events_not_billable_total": ("counter", {"topic", "error_code"}),
 }
 EXPORTED = {**CONTRACT, **EXTENSIONS}
 
@@ -51,6 +53,7 @@ def exercise(m: Metrics) -> None:
         m.late(t, 2)
         m.set_consumer_lag(t, 0, 12)
     m.dead_lettered(TOPICS[0], "INVALID_JSON")
+    m.not_billable(TOPICS[0], "HL7_UNSUPPORTED_MESSAGE")
     m.line_emitted("96372", "active")
     m.line_emitted("J0696", "void")
     m.alert_emitted("MISSING_NDC", "block", "pharmacy", "open")
@@ -221,7 +224,7 @@ def test_label_values_stay_within_the_bounded_sets():
         | set(M.LINE_STATES)
         | set(M.ALERT_STATES)
         | set(M.OUTCOMES)
-        | set(M.DEAD_LETTER_CODES)
+        | set(M.ERROR_CODES)
         | set(M.CODE_FAMILIES)
         | set(M.BROKER_ERROR_KINDS)
         | {"unknown", "other", "0", "1"}  # "1": a broker node id

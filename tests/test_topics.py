@@ -12,7 +12,7 @@ from stream_app.topics import (
     TopicDefinitionError,
     load_topic_definitions,
 )
-from tests.support.contract import CONTRACT_TOPICS
+from tests.support.contract import ALL_TOPICS, EHR_FORMAT_TOPICS
 from tests.support.paths import REPO
 
 # -- definitions (no broker) -------------------------------------------------------------
@@ -20,8 +20,8 @@ from tests.support.paths import REPO
 
 def test_definitions_cover_contract_topics_with_their_configs():
     defs = {d.name: d for d in load_topic_definitions(REPO / "topics")}
-    assert set(defs) == set(CONTRACT_TOPICS)
-    for name, (direction, policy, retention) in CONTRACT_TOPICS.items():
+    assert set(defs) == set(ALL_TOPICS)
+    for name, (direction, policy, retention) in ALL_TOPICS.items():
         d = defs[name]
         assert d.direction == direction
         assert d.configs["cleanup.policy"] == policy
@@ -32,8 +32,13 @@ def test_definitions_cover_contract_topics_with_their_configs():
         assert d.partitions >= 1
         assert d.replication_factor == 1
         assert d.path is not None and d.path.name == f"{name}.json"
-        schema = REPO / "topics" / d.value_schema
-        assert schema.is_file(), schema
+        if name in EHR_FORMAT_TOPICS:
+            # FHIR / HL7 v2 values: no record schema, the format is named instead
+            assert d.value_schema is None and d.value_format, name
+            assert d.key == "any"
+        else:
+            schema = REPO / "topics" / d.value_schema
+            assert schema.is_file(), schema
 
 
 def test_default_topics_dir_is_the_repository_folder(monkeypatch):

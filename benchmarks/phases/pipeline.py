@@ -13,15 +13,18 @@ from stream_app.vocabulary import INPUT_TOPICS, OUTPUT_TOPICS
 
 async def phase_pipeline(bootstrap: str, prefix: str, n: int, workdir: Path, app_id: str,
                          quiet: float, timeout: float, profile: Path | None = None,
-                         workers: int = 1) -> dict:
-    w = WorkerGroup(bootstrap, app_id, prefix, "rocksdb://", workdir, workers).start()
+                         workers: int = 1, inputs: tuple[str, ...] = INPUT_TOPICS,
+                         extra: list[str] | None = None) -> dict:
+    """`n` messages pre-produced on the `inputs` topics (unprefixed names); `extra`:
+    more worker flags (e.g. --rules-dir)."""
+    w = WorkerGroup(bootstrap, app_id, prefix, "rocksdb://", workdir, workers, extra).start()
     try:
         t_start = time.monotonic()
         w.start_profile(profile)
         ready_s = await w.wait_ready()
         cpu0 = sum(cpu_seconds_of(m.pid) for m in w.members)
         async with Probe(bootstrap) as probe:
-            done = await w.wait_processed(n, [prefix + t for t in INPUT_TOPICS], probe,
+            done = await w.wait_processed(n, [prefix + t for t in inputs], probe,
                                           [prefix + t for t in OUTPUT_TOPICS], quiet, timeout)
             # includes the quiet wait at the end (an idle worker uses ~3 % of a core)
             cpu = sum(cpu_seconds_of(m.pid) for m in w.members) - cpu0

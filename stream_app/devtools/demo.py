@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=200.0,
                         help="input messages per second (default 200)")
     parser.add_argument("--seed", type=int, default=2025, help="generator seed")
+    parser.add_argument("--format", choices=("canonical", "fhir", "hl7v2"), default="canonical",
+                        help="input as canonical records (default), FHIR R4 Bundles on "
+                             "ehr.fhir or HL7 v2 messages on ehr.hl7v2 (records the format "
+                             "cannot carry stay canonical)")
     parser.add_argument("--malformed-rate", type=float, default=0.01,
                         help="share of malformed messages (default 0.01)")
     parser.add_argument("--demo-settle", type=float, default=5.0,
@@ -195,7 +199,8 @@ def _show(line: str, tty: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_app.devtools.generate import generate_messages
+    from stream_app.devtools.generate import generate_stream
+    from stream_app.devtools.generate.formats import encode_messages
     from stream_app.topics import apply_topics
 
     settings = settings_from_args(args)
@@ -211,11 +216,19 @@ def run(args: argparse.Namespace) -> int:
     asyncio.run(apply_topics(bootstrap, prefix, client_kwargs=security))
 
     n = max(1, int(args.rate * args.duration))
-    print(f"generating {n:,} messages (seed {args.seed}) ...", flush=True)
-    messages = generate_messages(args.seed, records=n, malformed_rate=args.malformed_rate,
-                                 topic_prefix=prefix)[:n]
+    fmt = getattr(args, "format", "canonical")
+    print(f"generating {n:,} messages (seed {args.seed}, {fmt}) ...", flush=True)
+    stream = generate_stream(args.seed, records=n, malformed_rate=args.malformed_rate,
+                             topic_prefix=prefix)
+    messages = encode_messages(stream, fmt, prefix)[:n]
 
     data_dir = Path(tempfile.mkdtemp(prefix="chargecap-demo-"))
+    site_args: list[str] = []
+    if fmt == "hl7v2":
+        # the site rows that map the generated facility, place and plan codes back
+        from stream_app.devtools.generate.hl7v2 import write_site
+
+        site_args = ["--rules-dir", str(write_site(data_dir / "site"))]
     port = _free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     log_path = data_dir / "worker.log"
@@ -223,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
            "--app-id", app_id, "--topic-prefix", prefix, "--data-dir", str(data_dir / "data"),
            "--store", "rocksdb://", "--settle-seconds", str(args.demo_settle),
            "--close-after-seconds", "0", "--tick-seconds", "1",
-           "--metrics-addr", f"127.0.0.1:{port}"]
+           "--metrics-addr", f"127.0.0.1:{port}", *site_args]
     print(f"starting the worker (log {log_path}) ...", flush=True)
     log_file = open(log_path, "wb")  # noqa: SIM115
     worker = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,

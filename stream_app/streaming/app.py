@@ -1,10 +1,11 @@
 """The worker's Faust topology (contract.md §1, §3; docs/streaming.md): the app, its topics,
 table, agents and timers, around one engine.
 
-* **stage 1** (`chargecap-stage1`, stage1.py) reads the three input topics in batches,
-  sends invalid messages to the dead-letter topic and forwards the original bytes of
-  valid ones to the internal repartition topic `{app_id}-patient-records`, bundled per
-  partition of their patient.
+* **stage 1** (`chargecap-stage1`, stage1.py) reads the input topics in batches (the
+  canonical ones, and `ehr.fhir` / `ehr.hl7v2`, adapted in-process), sends invalid
+  messages to the dead-letter topic and forwards the original bytes of valid ones (the
+  canonical bytes of adapted records) to the internal repartition topic
+  `{app_id}-patient-records`, bundled per partition of their patient.
 * **stage 2** (`chargecap-stage2`, `concurrency=1`, stage2.py and processor.py) reads
   the repartition topic in batches, runs the engine against each patient's state in the
   Faust table `patient-state` (changelog `{app_id}-patient-state-changelog`,
@@ -51,16 +52,16 @@ from stream_app.streaming.seam import (
     install_worker_transport,
     kafka_producer,
 )
-from stream_app.streaming.stage1 import route
+from stream_app.streaming.stage1 import ehr_adapters, route
 from stream_app.streaming.stage2 import Batch, Stage2Batches
 from stream_app.streaming.table import PartitionTable
 from stream_app.vocabulary import (
     ALERT,
-    INPUT_TOPICS,
     LINE,
     TOPIC_CHARGE_LINES,
     TOPIC_CORRECTION_ALERTS,
     TOPIC_DEAD_LETTERS,
+    WORKER_INPUT_TOPICS,
     repartition_topic,
 )
 
@@ -169,15 +170,22 @@ class ChargecapStreams:
     """The worker's Faust app, agents, table and timers around one engine."""
 
     def __init__(self, settings: Settings, engine, state_cls, metrics=None,
-                 opts: StreamOptions | None = None):
+                 opts: StreamOptions | None = None, site=None):
+        """`site`: the EHR adapters' SiteConfig (stream_app.adapters.site), loaded once at
+        start-up; None = the packaged rows only."""
         self.settings = settings
         self.opts = opts = opts or StreamOptions()
         self.engine = engine
         self.metrics = metrics
         self.app, self.commits = build_worker_app(settings, opts)
         app = self.app
-        self.input_names = tuple(settings.topic(t) for t in INPUT_TOPICS)
+        self.input_names = tuple(settings.topic(t) for t in WORKER_INPUT_TOPICS)
         self.origin_of = {name: i for i, name in enumerate(self.input_names)}
+        if site is None:
+            from stream_app.adapters.site import load_site_config
+
+            site = load_site_config(None)
+        self.adapters = ehr_adapters(settings.topic, site, engine.rules, settings.timezone)
         self.lines_topic = settings.topic(TOPIC_CHARGE_LINES)
         self.alerts_topic = settings.topic(TOPIC_CORRECTION_ALERTS)
         self.dead_topic = settings.topic(TOPIC_DEAD_LETTERS)
@@ -262,11 +270,13 @@ class ChargecapStreams:
         routed = route((ev.message for ev in events), origin_of=self.origin_of,
                        partitions=self.opts.partitions,
                        max_message_bytes=self.settings.max_message_bytes,
-                       timezone=self.settings.timezone)
+                       timezone=self.settings.timezone, adapters=self.adapters)
         metrics = self.metrics
         if metrics is not None:
-            for out in routed.dead_letters:
-                metrics.dead_lettered(out.record["topic"], out.record["dl"].error_code)
+            for (topic, code), n in routed.dead_lettered.items():
+                metrics.dead_lettered(topic, code, n)
+            for (topic, code), n in routed.not_billable.items():
+                metrics.not_billable(topic, code, n)
             for topic, n in routed.consumed.items():
                 metrics.consumed(topic, n)
         repartition = self.repartition_name

@@ -96,21 +96,24 @@ def stream_options(args: argparse.Namespace | None, environ=None):
 
 def build(settings, opts):
     """Rule data, engine, metrics and the Faust streams (raises RuleDataError)."""
+    from stream_app.adapters.site import load_site_config
     from stream_app.engine import PatientState
     from stream_app.metrics import Metrics
     from stream_app.runtime import build_engine
     from stream_app.streaming.app import ChargecapStreams
-    from stream_app.vocabulary import INPUT_TOPICS, repartition_topic
+    from stream_app.vocabulary import WORKER_INPUT_TOPICS, repartition_topic
 
     engine = build_engine(settings)
-    input_topics = [settings.topic(t) for t in INPUT_TOPICS]
+    site = load_site_config(settings.rules_dir)  # raises SiteConfigError
+    input_topics = [settings.topic(t) for t in WORKER_INPUT_TOPICS]
     metrics = Metrics(topics=input_topics + [repartition_topic(settings.app_id)])
-    return ChargecapStreams(settings, engine, PatientState, metrics, opts)
+    return ChargecapStreams(settings, engine, PatientState, metrics, opts, site=site)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     opts = stream_options(args)
+    from stream_app.adapters.site import SiteConfigError
     from stream_app.engine import RuleDataError
     from stream_app.streaming.seam import SeamError
 
@@ -118,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         streams = build(settings, opts)
     except RuleDataError as exc:
         print(f"chargecap worker: invalid rule data: {exc}", file=sys.stderr)
+        return 2
+    except SiteConfigError as exc:
+        print(f"chargecap worker: invalid site configuration: {exc}", file=sys.stderr)
         return 2
     except SeamError as exc:  # library versions the worker was not checked against
         print(f"chargecap worker: {exc}", file=sys.stderr)

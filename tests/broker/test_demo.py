@@ -13,11 +13,12 @@ from tests.support.paths import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_and_shuts_down(kafka_bootstrap, unique_name):
+@pytest.mark.parametrize("fmt", ["canonical", "fhir", "hl7v2"])
+def test_demo_runs_and_shuts_down(kafka_bootstrap, unique_name, fmt):
     proc = subprocess.run(
         [sys.executable, "-m", "stream_app", "demo", "--duration", "4", "--rate", "150",
          "--demo-settle", "1", "--broker", f"kafka://{kafka_bootstrap}",
-         "--topic-prefix", unique_name("demo") + "."],
+         "--topic-prefix", unique_name("demo") + ".", "--format", fmt],
         cwd=REPO, capture_output=True, text=True, timeout=180,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

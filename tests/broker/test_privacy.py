@@ -38,7 +38,7 @@ from stream_app.devtools.generate import generate_stream
 from stream_app.metrics import (
     ALERT_STATES,
     CODE_FAMILIES,
-    DEAD_LETTER_CODES,
+    ERROR_CODES,
     LINE_STATES,
     OUTCOMES,
     PAYER_CLASSES,
@@ -46,6 +46,7 @@ from stream_app.metrics import (
     SEVERITIES,
     WORK_QUEUES,
 )
+from stream_app.vocabulary import WORKER_INPUT_TOPICS
 from tests.support.paths import REPO
 from tests.support.prometheus import exposition_series
 from tests.support.sockets import listening_sockets, non_loopback_ipv4
@@ -107,11 +108,10 @@ def test_phi_finder_finds_planted_values():
 
 
 def allowed_label_values(prefix: str, app_id: str) -> dict[str, set[str] | None]:
-    inputs = {prefix + t for t in ("ehr.medication-administrations", "ehr.em-services",
-                                   "pharmacy.dispenses")}
+    inputs = {prefix + t for t in WORKER_INPUT_TOPICS}
     return {
         "topic": inputs | {f"{app_id}-patient-records", "other"},
-        "error_code": set(DEAD_LETTER_CODES) | {"other"},
+        "error_code": set(ERROR_CODES) | {"other"},
         "code_family": set(CODE_FAMILIES),
         "state": set(LINE_STATES) | set(ALERT_STATES),
         "severity": set(SEVERITIES),

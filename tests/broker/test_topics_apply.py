@@ -18,7 +18,7 @@ from stream_app.topics import (
     apply_topics,
     load_topic_definitions,
 )
-from tests.support.contract import CONTRACT_TOPICS, DAY_MS
+from tests.support.contract import ALL_TOPICS, DAY_MS
 from tests.support.kafka import delete_topics_with_prefix
 
 
@@ -57,14 +57,14 @@ async def prefix(kafka_bootstrap, topic_prefix):
 @pytest.mark.integration
 async def test_apply_creates_then_reports_unchanged(kafka_bootstrap, prefix):
     first = await apply_topics(kafka_bootstrap, prefix)
-    assert {c.topic for c in first} == {prefix + name for name in CONTRACT_TOPICS}
-    assert [c.action for c in first] == [CREATED] * len(CONTRACT_TOPICS)
+    assert {c.topic for c in first} == {prefix + name for name in ALL_TOPICS}
+    assert [c.action for c in first] == [CREATED] * len(ALL_TOPICS)
 
     admin = await _admin(kafka_bootstrap)
     try:
-        assert set(await admin.list_topics()) >= {prefix + n for n in CONTRACT_TOPICS}
+        assert set(await admin.list_topics()) >= {prefix + n for n in ALL_TOPICS}
         defs = {d.name: d for d in load_topic_definitions()}
-        for name, (_, policy, retention) in CONTRACT_TOPICS.items():
+        for name, (_, policy, retention) in ALL_TOPICS.items():
             configs = await _topic_configs(admin, prefix + name)
             assert configs["cleanup.policy"] == policy
             if retention is not None:
@@ -146,14 +146,14 @@ def test_cli_topics_apply(kafka_bootstrap, prefix, capsys, monkeypatch):
     monkeypatch.setenv("CHARGECAP_TOPIC_PREFIX", prefix)
     assert main(["topics", "apply", "--broker", f"kafka://{kafka_bootstrap}"]) == 0
     out = capsys.readouterr().out
-    assert out.count("created") == len(CONTRACT_TOPICS)
+    assert out.count("created") == len(ALL_TOPICS)
     assert f"{prefix}billing.charge-lines" in out
 
     monkeypatch.delenv("CHARGECAP_TOPIC_PREFIX")
     argv = ["topics", "apply", "--broker", kafka_bootstrap, "--topic-prefix", prefix]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("unchanged") == len(CONTRACT_TOPICS)
+    assert out.count("unchanged") == len(ALL_TOPICS)
     assert "created" not in out
 
 

@@ -31,8 +31,9 @@ CONTRACT_METRICS = {
     "chargecap_decision_latency_seconds",
     "chargecap_open_patient_days",
     "chargecap_consumer_lag_messages",
-    # extension beyond contract.md §7 (docs/observability.md)
+    # extensions beyond contract.md §7 (docs/observability.md)
     "chargecap_broker_errors_total",
+    "chargecap_events_not_billable_total",
 }
 
 # The work-queue service's own /metrics (stream_app/queue/metrics.py), on the same dashboard.
@@ -63,6 +64,7 @@ def exported() -> dict[str, dict[str, set[str]]]:
     t = "ehr.medication-administrations"
     m.consumed(t, 3)
     m.dead_lettered(t, "INVALID_JSON")
+    m.not_billable("ehr.hl7v2", "HL7_UNSUPPORTED_MESSAGE")
     m.duplicate(t)
     m.late(t)
     m.line_emitted("96372", "active")
@@ -132,7 +134,7 @@ def _bounded(label: str) -> set[str]:
         "payer_class": set(M.PAYER_CLASSES),
         "reason_code": set(M.REASON_CODES),
         "outcome": set(M.OUTCOMES),
-        "error_code": set(M.DEAD_LETTER_CODES),
+        "error_code": set(M.ERROR_CODES),
         "code_family": set(M.CODE_FAMILIES),
     }.get(label, set())
 

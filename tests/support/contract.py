@@ -13,3 +13,10 @@ CONTRACT_TOPICS = {
     "billing.correction-alerts": ("out", "compact", None),
     "billing.dead-letters": ("out", "delete", 30 * DAY_MS),
 }
+
+# ehr-mapping.md §1: the EHR-format input topics (values are FHIR or HL7 v2, not records).
+EHR_FORMAT_TOPICS = {
+    "ehr.fhir": ("in", "delete", 7 * DAY_MS),
+    "ehr.hl7v2": ("in", "delete", 7 * DAY_MS),
+}
+ALL_TOPICS = {**CONTRACT_TOPICS, **EHR_FORMAT_TOPICS}

@@ -11,7 +11,8 @@ from typing import Any
 
 from stream_app.config import add_settings_arguments, settings_from_args
 from stream_app.devtools.generate.errors import ERROR_KINDS
-from stream_app.devtools.generate.output import produce, write_ndjson
+from stream_app.devtools.generate.formats import CANONICAL, FORMATS, HL7V2, encode_messages
+from stream_app.devtools.generate.output import produce, write_formatted, write_ndjson
 from stream_app.devtools.generate.stream import GeneratedStream, generate_stream
 
 
@@ -63,8 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--malformed-rate", type=_fraction, default=0.0,
                    help="chance of a malformed message after each record (0)")
     o = parser.add_argument_group("output")
+    o.add_argument("--format", choices=FORMATS, default=CANONICAL,
+                   help="canonical records (default), FHIR R4 Bundles (to ehr.fhir) or HL7 "
+                        "v2 messages (to ehr.hl7v2); records the format cannot carry stay "
+                        "canonical (docs/fhir.md, docs/hl7v2.md)")
+    o.add_argument("--site-dir", default=None, metavar="DIR",
+                   help="with --format hl7v2: write the site configuration that maps the "
+                        "generated facility, place and plan codes back (give it to the worker "
+                        "or replay as --rules-dir)")
     o.add_argument("--out", default="-", metavar="FILE",
-                   help="NDJSON file of the records in arrival order ('-' = stdout)")
+                   help="NDJSON file of the records in arrival order ('-' = stdout); with "
+                        "--format fhir one Bundle per line (canonical lines mixed in), with "
+                        "--format hl7v2 the messages, and the records HL7 v2 cannot carry "
+                        "in FILE.canonical.ndjson")
     o.add_argument("--include-malformed", action="store_true",
                    help="also write malformed messages to the NDJSON output")
     o.add_argument("--produce", action="store_true", help="send to Kafka instead of NDJSON")
@@ -102,16 +114,28 @@ def run(args: argparse.Namespace) -> int:
     prefix = ""
     security: dict[str, Any] = {}
     bootstrap = ""
+    fmt = getattr(args, "format", CANONICAL)
+    if fmt == HL7V2 and not args.produce and args.out == "-":
+        print("generate: --format hl7v2 writes to a file (--out FILE)", file=sys.stderr)
+        return 2
     try:
         if args.produce:
             bootstrap, prefix, security = _settings(args)
         stream = stream_from_args(args, prefix)
+        messages = [] if fmt == CANONICAL else encode_messages(
+            stream, fmt, prefix, malformed=args.produce or args.include_malformed)
     except ValueError as exc:  # includes config.ConfigError
         print(f"generate: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "site_dir", None):
+        from stream_app.devtools.generate.hl7v2 import write_site
+
+        write_site(args.site_dir)
     if args.produce:
         try:
-            sent = asyncio.run(produce(stream.messages, bootstrap, rate=args.rate,
+            if fmt == CANONICAL:
+                messages = stream.messages
+            sent = asyncio.run(produce(messages, bootstrap, rate=args.rate,
                                        duration=args.duration, producer_kwargs=security))
         except KeyboardInterrupt:
             print("generate: interrupted", file=sys.stderr)
@@ -119,10 +143,13 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - one line, never a traceback with data
             print(f"generate: producing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-        print(f"generate: produced {sent} of {len(stream.messages)} messages", file=sys.stderr)
+        print(f"generate: produced {sent} of {len(messages)} messages", file=sys.stderr)
     else:
         try:
-            write_ndjson(stream, args.out, args.include_malformed)
+            if fmt == CANONICAL:
+                write_ndjson(stream, args.out, args.include_malformed)
+            else:
+                write_formatted(messages, fmt, args.out)
         except BrokenPipeError:  # e.g. `generate | head`: not an error
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

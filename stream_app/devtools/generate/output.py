@@ -29,6 +29,31 @@ def write_ndjson(stream: GeneratedStream, path: str, include_malformed: bool) ->
             out.close()
 
 
+def write_formatted(messages: list[Message], fmt: str, path: str) -> None:
+    """`generate --format fhir|hl7v2` to a file (formats.encode_messages' messages): FHIR
+    as NDJSON, a Bundle per line with the records FHIR cannot carry as canonical lines
+    among them (replay reads both); HL7 v2 as an `.hl7` file of messages (segments ended
+    by CR, CRLF between messages) and the other lines in `{path}.canonical.ndjson`."""
+    from stream_app.vocabulary import TOPIC_HL7V2
+
+    if fmt != "hl7v2":
+        _write(path, b"".join(v + b"\n" for _t, _k, v in messages))
+        return
+    hl7 = [v for t, _k, v in messages if t.endswith(TOPIC_HL7V2)]
+    other = [v for t, _k, v in messages if not t.endswith(TOPIC_HL7V2)]
+    _write(path, b"".join(m + b"\r\n" for m in hl7))
+    _write(f"{path}.canonical.ndjson", b"".join(v + b"\n" for v in other))
+
+
+def _write(path: str, data: bytes) -> None:
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
 async def produce(
     messages: list[Message],
     bootstrap_servers: str,

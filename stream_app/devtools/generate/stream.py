@@ -61,6 +61,10 @@ class GeneratedStream:
             else:
                 yield topic, key, dumps(payload), None
 
+    def iter_plan(self) -> Iterator[tuple[str, bytes | None, dict | bytes]]:
+        """(topic, key, record dict or malformed bytes) in send order (formats.py)."""
+        yield from self._plan
+
     @property
     def messages(self) -> list[Message]:
         if self._messages is None:
