@@ -128,7 +128,7 @@ async def auth_middleware(request: web.Request, handler):
     if (
         (request.method, canonical) in PUBLIC
         or (request.method, canonical) in PUBLIC_PAGES
-        or canonical.startswith(STATIC)
+        or request.path.startswith(STATIC)
         or route.resource is None
     ):
         return await handler(request)

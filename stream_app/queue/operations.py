@@ -126,7 +126,8 @@ async def chart_data(
     """Every chart of CHARTS over the last `hours`: aligned times and one series per legend."""
     window = int(hours * 3600)
     step = step_seconds(window, scrape_s)
-    end = math.floor((now if now is not None else time.time()) / step) * step
+    # Up to now (not floored to the step as Grafana does): the latest point is the latest rate.
+    end = int(now if now is not None else time.time())
     start = end - window
     times = list(range(int(start), int(end) + 1, step))
     index = {t: i for i, t in enumerate(times)}

@@ -147,10 +147,14 @@ async def sign_in_form(request: web.Request) -> web.Response:
 
 
 async def sign_in_post(request: web.Request) -> web.Response:
-    # No session yet, so no CSRF token: a cross-site form is refused by its Origin (the
-    # session cookie is SameSite=Strict besides).
+    # No session yet, so no CSRF token: a cross-site form is refused by its origin (the
+    # session cookie is SameSite=Strict besides). Browsers send Sec-Fetch-Site; with
+    # "Referrer-Policy: no-referrer" a same-site form's Origin is "null".
+    site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if (site is not None and site not in ("same-origin", "none")) or (
+        origin not in (None, "null") and origin != f"{request.scheme}://{request.host}"
+    ):
         return error_page(request, 403, "Sign-in forms are only accepted from this site.")
     form = await request.post()
     target = _safe_next(form.get("next"))
