@@ -159,7 +159,7 @@ async def chart_data(
                 "kind": chart.kind,
             }
             if chart.kind == "histogram":
-                entry.update(_histogram(series))
+                entry.update(histogram(series))
             else:
                 series.sort(key=lambda s: s["label"])
                 latest = {s["label"]: _last(s["values"]) for s in series}
@@ -181,7 +181,7 @@ def _last(values: list[float | None]) -> float | None:
     return None
 
 
-def _histogram(series: list[dict]) -> dict:
+def histogram(series: list[dict]) -> dict:
     """Cumulative `le` buckets (their last value) → the count in each bucket."""
     cumulative = sorted(
         ((s["label"], _last(s["values"]) or 0.0) for s in series), key=lambda x: _le_key(x[0])
