@@ -116,9 +116,13 @@ test: bootstrap prometheus pg-install chromium
 	$(VENV)/bin/ruff check stream_app tests
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
-demo: bootstrap kafka-up
+# Also the work queue (PostgreSQL, sink, API and pages) with a demo user, printed at start.
+demo: bootstrap kafka-up pg-up
 	$(PY) -m stream_app topics apply --broker kafka://127.0.0.1:$(KAFKA_PORT)
-	CHARGECAP_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m stream_app demo $(DEMO_ARGS)
+	CHARGECAP_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) \
+	  CHARGECAP_QUEUE_DSN=postgresql://chargecap_queue@127.0.0.1:$(PG_PORT)/chargecap_queue \
+	  CHARGECAP_QUEUE_ADMIN_DSN=postgresql://postgres@127.0.0.1:$(PG_PORT)/chargecap_queue \
+	  $(PY) -m stream_app demo $(DEMO_ARGS)
 
 bench: install pg-install chromium
 	$(PY) benchmarks/bench.py

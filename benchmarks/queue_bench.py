@@ -16,7 +16,7 @@ Phases (`--only` picks some):
   served by `chargecap queue serve`; `--requests` signed-in GETs of a coding list page
   (50 items) per query shape, one at a time: the default (dollars at risk), by age, a
   payer-class filter, a rendering-NPI filter, page 100 → p50 / p95 per shape and
-  `list_p95_ms` over all; also the queue overview.
+  `list_p95_ms` over all; also the queue overview and the list *page* (HTML, issue 21).
 
 Prints a table, then one JSON line. Needs PostgreSQL (`pg.sh up`, reused when running) and,
 for the kafka phase, the local broker (`kafka.sh up`, reused when running). No thresholds.
@@ -354,6 +354,18 @@ def phase_list(pg, n_items: int, n_requests: int, tmp: Path) -> dict:
             out["overview"] = {
                 "p50_ms": round(statistics.median(times), 1),
                 "p95_ms": round(pct(times, 0.95), 1),
+            }
+            # The list page (HTML, 50 items, the same query as the API's default shape).
+            page_times = []
+            for i in range(n_requests + 5):
+                t = time.perf_counter()
+                r = session.get(svc.url("/queues/coding"), timeout=30)
+                if i >= 5:
+                    page_times.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200 and "data-alert-id" in r.text, r.status_code
+            out["list page (HTML)"] = {
+                "p50_ms": round(statistics.median(page_times), 1),
+                "p95_ms": round(pct(page_times, 0.95), 1),
             }
             return {
                 "items": n_items,

@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="settle seconds for the demo worker (default 5)")
     parser.add_argument("--keep-running", action="store_true",
                         help="leave the worker running after the summary until Ctrl-C")
+    parser.add_argument("--queue-dsn", default=os.environ.get("CHARGECAP_QUEUE_DSN", ""),
+                        help="also run the work queue service (sink, API, pages) on this "
+                             "PostgreSQL DSN, with a demo user (make demo sets it)")
+    parser.add_argument("--queue-admin-dsn", default=os.environ.get("CHARGECAP_QUEUE_ADMIN_DSN", ""),
+                        help="schema owner's DSN for migrating the queue's database")
     add_settings_arguments(parser)
 
 
@@ -244,12 +249,17 @@ def run(args: argparse.Namespace) -> int:
                               start_new_session=True)
     started = time.monotonic()
     rc = 0
+    queue = None
     try:
         if not _wait_ready(worker, port, 90):
             print(f"the worker did not become ready; last log lines:\n{_tail(log_path)}",
                   file=sys.stderr)
             return 1
         print(f"worker ready; metrics at {url}")
+        if args.queue_dsn:
+            queue = _start_queue(args, settings, prefix, stamp, data_dir)
+            if queue is not None:
+                print(f"work queue: {queue[1]}  user demo  password {queue[2]}", flush=True)
         print(f"feeding {n:,} messages over {args.duration:g}s (Ctrl-C stops) ...", flush=True)
         sent = asyncio.run(_feed(bootstrap, messages, args.rate, args.duration, url, security,
                                  tty))
@@ -274,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted; shutting down ...", file=sys.stderr)
         rc = 130
     finally:
+        if queue is not None:
+            _stop(queue[0])
         code = _stop(worker)
         log_file.close()
         if code not in (0, None) and rc == 0:
@@ -284,6 +296,45 @@ def run(args: argparse.Namespace) -> int:
         print("demo stopped (worker shut down, temporary data removed)" if rc == 0
               else "demo stopped")
     return rc
+
+
+def _start_queue(args, settings, prefix: str, stamp: str, data_dir: Path):
+    """Migrates the queue's database, makes the demo user, starts `chargecap queue run`;
+    (process, URL, password) or None when it cannot."""
+    import secrets
+
+    from stream_app.vocabulary import WORK_QUEUES
+
+    base = [sys.executable, "-m", "stream_app", "queue"]
+    admin = ["--admin-dsn", args.queue_admin_dsn] if args.queue_admin_dsn else []
+    done = subprocess.run([*base, "migrate", *admin], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        print(f"queue: migrate failed: {done.stderr.strip()}", file=sys.stderr)
+        return None
+    password = secrets.token_urlsafe(12)
+    done = subprocess.run([*base, "user", "add", "demo", "--queues", ",".join(WORK_QUEUES), *admin],
+                          input=password + "\n", capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        print(f"queue: adding the demo user failed: {done.stderr.strip()}", file=sys.stderr)
+        return None
+    port = _free_port()
+    log = open(data_dir / "queue.log", "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [*base, "run", "--dsn", args.queue_dsn, "--listen", f"127.0.0.1:{port}",
+         "--broker", settings.broker, "--topic-prefix", prefix, "--sink-group", f"demo-sink-{stamp}"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=1):
+                return proc, url, password
+        except OSError:
+            time.sleep(0.3)
+    print(f"queue: the service did not start; log:\n{_tail(data_dir / 'queue.log')}", file=sys.stderr)
+    _stop(proc)
+    return None
 
 
 def _wait_ready(worker: subprocess.Popen, port: int, timeout: float) -> bool:

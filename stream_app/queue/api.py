@@ -46,9 +46,29 @@ MAX_PAGE_SIZE = 500
 ID_MAX = 200
 _NPI = re.compile(r"^\d{10}$")
 
+# The HTML pages (pages.py) signing in and their static files are public too.
+PUBLIC_PAGES = {("GET", "/sign-in"), ("POST", "/sign-in")}
+STATIC = "/static/"
+
 POOL = web.AppKey("pool", AsyncConnectionPool)
 SETTINGS = web.AppKey("settings", QueueSettings)
 METRICS = web.AppKey("metrics", QueueMetrics)
+# Renders an error as an HTML page for the pages' routes: (request, status, message) -> Response.
+ERROR_PAGE = web.AppKey("error_page", object)
+
+
+def is_page(request: web.Request) -> bool:
+    """A route of the HTML pages (not the JSON API, health or metrics)."""
+    path = request.path
+    return not (
+        path.startswith((API, STATIC, "/live/"))
+        or path in ("/healthz", "/metrics", "/operations/data")
+    )
+
+
+def _page_error(request: web.Request, status: int, message: str) -> web.Response | None:
+    render = request.app.get(ERROR_PAGE)
+    return render(request, status, message) if render is not None and is_page(request) else None
 
 
 def _json(data, status: int = 200, headers: dict | None = None) -> web.Response:
@@ -79,8 +99,10 @@ async def errors_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except BadRequest as exc:
-        return _error(exc.status, str(exc), exc.field)
+        return _page_error(request, exc.status, str(exc)) or _error(exc.status, str(exc), exc.field)
     except web.HTTPException as exc:
+        if exc.status >= 400 and (page := _page_error(request, exc.status, exc.reason)) is not None:
+            return page
         if exc.status >= 400 and exc.content_type != "application/json":
             return _error(
                 exc.status, exc.reason, headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"}
@@ -96,14 +118,19 @@ async def errors_middleware(request: web.Request, handler):
             request.match_info.route.resource and request.match_info.route.resource.canonical,
             "".join(traceback.format_tb(exc.__traceback__)),
         )
-        return _error(500, "internal error")
+        return _page_error(request, 500, "internal error") or _error(500, "internal error")
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
     route = request.match_info.route
     canonical = route.resource.canonical if route.resource is not None else request.path
-    if (request.method, canonical) in PUBLIC or route.resource is None:
+    if (
+        (request.method, canonical) in PUBLIC
+        or (request.method, canonical) in PUBLIC_PAGES
+        or request.path.startswith(STATIC)
+        or route.resource is None
+    ):
         return await handler(request)
     settings = request.app[SETTINGS]
     idle = timedelta(minutes=settings.session_idle_minutes)
@@ -123,13 +150,20 @@ async def auth_middleware(request: web.Request, handler):
                 new_session = session = await auth.create_session(conn, user, idle)
                 await store.audit(conn, user.username, "sign_in_sso")
     if session is None:
+        if is_page(request):
+            # A page sends the browser to the sign-in form, and back here afterwards.
+            target = request.rel_url.path_qs if request.method == "GET" else "/"
+            raise web.HTTPSeeOther(request.app.router["sign_in_form"].url_for().with_query(next=target))
         return _error(401, "sign in first", headers={"WWW-Authenticate": 'Cookie realm="chargecap-queue"'})
     if request.method in STATE_CHANGING:
         given = request.headers.get(CSRF_HEADER)
         if given is None and request.content_type == "application/x-www-form-urlencoded":
             given = (await request.post()).get("csrf_token")
         if not auth.csrf_matches(session.csrf_token, given if isinstance(given, str) else None):
-            return _error(403, "missing or wrong CSRF token")
+            await store_audit_refusal(request, session)
+            return _page_error(request, 403, "This form was refused: it did not carry this session's "
+                               "security token. Reload the page and try again.") or _error(
+                403, "missing or wrong CSRF token")
     request["session"] = session
     response = await handler(request)
     if new_session is not None:
@@ -147,6 +181,15 @@ async def headers_middleware(request: web.Request, handler):
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
     return response
+
+
+async def store_audit_refusal(request: web.Request, session: auth.Session) -> None:
+    async with request.app[POOL].connection() as conn:
+        await store.audit(conn, session.user.username, "csrf_refused", detail={"path": request.path[:200]})
+
+
+def set_session_cookie(response: web.StreamResponse, settings: QueueSettings, session: auth.Session) -> None:
+    _set_cookie(response, settings, session)
 
 
 def _set_cookie(response: web.StreamResponse, settings: QueueSettings, session: auth.Session) -> None:
@@ -218,7 +261,7 @@ def _datetime(request: web.Request, name: str) -> datetime | None:
         raise BadRequest(f"{name} must be an RFC 3339 date-time with an offset", name) from exc
 
 
-def _list_query(request: web.Request, queue: str, *, paged: bool = True) -> store.ListQuery:
+def list_query(request: web.Request, queue: str, *, paged: bool = True) -> store.ListQuery:
     npi = _opt(request, "rendering_npi", 10)
     if npi is not None and not _NPI.match(npi):
         raise BadRequest("rendering_npi must be 10 digits", "rendering_npi")
@@ -252,28 +295,28 @@ async def _json_body(request: web.Request) -> dict:
     return body
 
 
-def _session(request: web.Request) -> auth.Session:
+def session_of(request: web.Request) -> auth.Session:
     return request["session"]
 
 
-def _queue_of_path(request: web.Request) -> str:
+def queue_of_path(request: web.Request) -> str:
     queue = request.match_info["queue"]
     if queue not in WORK_QUEUES:
         raise BadRequest(f"no work queue {queue!r}", "queue", status=404)
-    if queue not in _session(request).user.queues:
+    if queue not in session_of(request).user.queues:
         raise BadRequest(f"you are not a member of the {queue} queue", "queue", status=403)
     return queue
 
 
-async def _item_queue(conn, request: web.Request) -> tuple[str, str]:
+async def item_of_path(conn, request: web.Request) -> tuple[str, str]:
     alert_id = request.match_info["alert_id"]
     if len(alert_id) > ID_MAX or "\x00" in alert_id:
         raise BadRequest("no such item", "alert_id", status=404)
     queue = await store.item_queue(conn, alert_id)
     if queue is None:
         raise BadRequest("no such item", "alert_id", status=404)
-    if queue not in _session(request).user.queues:
-        await store.audit(conn, _session(request).user.username, "denied", alert_id, queue)
+    if queue not in session_of(request).user.queues:
+        await store.audit(conn, session_of(request).user.username, "denied", alert_id, queue)
         raise BadRequest("this item belongs to a queue you are not a member of", "alert_id", status=403)
     return alert_id, queue
 
@@ -316,52 +359,74 @@ def _session_body(session: auth.Session) -> dict:
     }
 
 
-async def sign_in(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    username, password = body.get("username"), body.get("password")
+class SignInRefused(Exception):
+    def __init__(self, status: int, message: str, headers: dict):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+def check_credentials(username, password) -> tuple[str, str]:
     if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
         raise BadRequest("username and password are required strings", status=422)
     if len(username) > auth.USERNAME_MAX or len(password) > 1024:
         raise BadRequest("username or password too long", status=422)
     if "\x00" in username or "\x00" in password:
         raise BadRequest("username and password must not contain NUL characters", status=422)
+    return username, password
+
+
+async def open_session(request: web.Request, username: str, password: str) -> auth.Session:
+    """Throttling, password check, the new session and its audit row; SignInRefused if not."""
     settings = request.app[SETTINGS]
     async with request.app[POOL].connection() as conn:
         wait = await auth.locked_for(conn, username)
         if wait > 0:
             await store.audit(conn, username, "sign_in_throttled")
-            return _error(
+            raise SignInRefused(
                 429,
                 "too many failed sign-ins; try again later",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                {"Retry-After": str(max(1, math.ceil(wait)))},
             )
         user = await auth.verify_login(conn, username, password)
         if user is None:
             await store.audit(conn, username, "sign_in_failed")
-            return _error(
-                401,
-                "wrong user name or password",
-                headers={"WWW-Authenticate": 'Cookie realm="chargecap-queue"'},
+            raise SignInRefused(
+                401, "wrong user name or password", {"WWW-Authenticate": 'Cookie realm="chargecap-queue"'}
             )
         session = await auth.create_session(conn, user, timedelta(minutes=settings.session_idle_minutes))
         await store.audit(conn, user.username, "sign_in")
-    response = _json(_session_body(session))
-    _set_cookie(response, settings, session)
-    return response
+    return session
 
 
-async def who_am_i(request: web.Request) -> web.Response:
-    return _json(_session_body(_session(request)))
-
-
-async def sign_out(request: web.Request) -> web.Response:
+async def close_session(request: web.Request, response: web.StreamResponse) -> None:
     async with request.app[POOL].connection() as conn:
         token = request.cookies.get(COOKIE)
         if token:
             await auth.end_session(conn, token)
-        await store.audit(conn, _session(request).user.username, "sign_out")
-    response = web.Response(status=204)
+        await store.audit(conn, session_of(request).user.username, "sign_out")
     response.del_cookie(COOKIE, path="/")
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    username, password = check_credentials(body.get("username"), body.get("password"))
+    try:
+        session = await open_session(request, username, password)
+    except SignInRefused as exc:
+        return _error(exc.status, str(exc), headers=exc.headers)
+    response = _json(_session_body(session))
+    _set_cookie(response, request.app[SETTINGS], session)
+    return response
+
+
+async def who_am_i(request: web.Request) -> web.Response:
+    return _json(_session_body(session_of(request)))
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    response = web.Response(status=204)
+    await close_session(request, response)
     return response
 
 
@@ -369,17 +434,17 @@ async def queues_overview(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     today = store.today_start(settings.timezone)
     async with request.app[POOL].connection() as conn:
-        out = [await store.overview(conn, q, today) for q in _session(request).user.queues]
+        out = [await store.overview(conn, q, today) for q in session_of(request).user.queues]
     return _json({"queues": out})
 
 
 async def queue_overview(request: web.Request) -> web.Response:
-    queue = _queue_of_path(request)
+    queue = queue_of_path(request)
     async with request.app[POOL].connection() as conn:
         return _json(await store.overview(conn, queue, store.today_start(request.app[SETTINGS].timezone)))
 
 
-def _filters_for_audit(q: store.ListQuery) -> dict:
+def filters_for_audit(q: store.ListQuery) -> dict:
     return {
         k: (v.isoformat() if isinstance(v, date | datetime) else v)
         for k, v in q.__dict__.items()
@@ -388,16 +453,16 @@ def _filters_for_audit(q: store.ListQuery) -> dict:
 
 
 async def queue_items(request: web.Request) -> web.Response:
-    queue = _queue_of_path(request)
-    q = _list_query(request, queue)
+    queue = queue_of_path(request)
+    q = list_query(request, queue)
     async with request.app[POOL].connection() as conn:
         result = await store.list_items(conn, q)
         await store.audit(
             conn,
-            _session(request).user.username,
+            session_of(request).user.username,
             "view_list",
             queue=queue,
-            detail={**_filters_for_audit(q), "returned": len(result["items"])},
+            detail={**filters_for_audit(q), "returned": len(result["items"])},
         )
     return _json(result)
 
@@ -427,8 +492,8 @@ def _csv_cell(v) -> str:
 
 
 async def queue_items_csv(request: web.Request) -> web.StreamResponse:
-    queue = _queue_of_path(request)
-    q = _list_query(request, queue, paged=False)
+    queue = queue_of_path(request)
+    q = list_query(request, queue, paged=False)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
@@ -440,10 +505,10 @@ async def queue_items_csv(request: web.Request) -> web.StreamResponse:
             n += 1
         await store.audit(
             conn,
-            _session(request).user.username,
+            session_of(request).user.username,
             "export_csv",
             queue=queue,
-            detail={**_filters_for_audit(q), "rows": n},
+            detail={**filters_for_audit(q), "rows": n},
         )
     return web.Response(
         text=buf.getvalue(),
@@ -455,63 +520,75 @@ async def queue_items_csv(request: web.Request) -> web.StreamResponse:
 
 async def get_item(request: web.Request) -> web.Response:
     async with request.app[POOL].connection() as conn:
-        alert_id, queue = await _item_queue(conn, request)
+        alert_id, queue = await item_of_path(conn, request)
         async with conn.transaction():
             data = await store.item(conn, alert_id)
-            await store.audit(conn, _session(request).user.username, "view_item", alert_id, queue)
+            await store.audit(conn, session_of(request).user.username, "view_item", alert_id, queue)
     return _json(data)
 
 
-async def set_status(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    status = body.get("status")
+async def change_status(request: web.Request, status) -> dict:
+    """Sets the workflow status of the item of the path; its workflow afterwards."""
     if status not in store.WORKFLOW_STATUSES:
         raise BadRequest(f"status must be one of {', '.join(store.WORKFLOW_STATUSES)}", "status", 422)
-    user = _session(request).user.username
+    user = session_of(request).user.username
     async with request.app[POOL].connection() as conn:
-        alert_id, queue = await _item_queue(conn, request)
+        alert_id, queue = await item_of_path(conn, request)
         async with conn.transaction():
             await store.set_workflow(conn, alert_id, user, status=status)
             await store.audit(conn, user, "set_status", alert_id, queue, {"status": status})
-            return _json(await store.workflow(conn, alert_id))
+            return await store.workflow(conn, alert_id)
 
 
-async def assign(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    if "assignee" not in body:
-        raise BadRequest("assignee is required (a user name, or null to unassign)", "assignee", 422)
-    assignee = body["assignee"]
+async def change_assignee(request: web.Request, assignee) -> dict:
+    """Assigns the item of the path (None unassigns); its workflow afterwards."""
     if assignee is not None and (
         not isinstance(assignee, str) or not 1 <= len(assignee) <= auth.USERNAME_MAX or "\x00" in assignee
     ):
         raise BadRequest("assignee must be a user name or null", "assignee", 422)
-    user = _session(request).user.username
+    user = session_of(request).user.username
     async with request.app[POOL].connection() as conn:
-        alert_id, queue = await _item_queue(conn, request)
+        alert_id, queue = await item_of_path(conn, request)
         if assignee is not None and not await store.user_may_hold(conn, assignee, queue):
             raise BadRequest(f"{assignee!r} is not a member of the {queue} queue", "assignee", 422)
         async with conn.transaction():
             await store.set_workflow(conn, alert_id, user, assignee=assignee, set_assignee=True)
             await store.audit(conn, user, "assign", alert_id, queue, {"assignee": assignee})
-            return _json(await store.workflow(conn, alert_id))
+            return await store.workflow(conn, alert_id)
 
 
-async def add_note(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    text = body.get("body")
+async def write_note(request: web.Request, text) -> dict:
+    """Adds a note to the item of the path; the note."""
     if not isinstance(text, str) or not text.strip() or len(text) > store.NOTE_MAX:
         raise BadRequest(
             f"body must be a non-empty string of at most {store.NOTE_MAX} characters", "body", 422
         )
     if "\x00" in text:
         raise BadRequest("body must not contain NUL characters", "body", 422)
-    user = _session(request).user.username
+    user = session_of(request).user.username
     async with request.app[POOL].connection() as conn:
-        alert_id, queue = await _item_queue(conn, request)
+        alert_id, queue = await item_of_path(conn, request)
         async with conn.transaction():
             note = await store.add_note(conn, alert_id, user, text)
             await store.audit(conn, user, "add_note", alert_id, queue, {"note_id": note["note_id"]})
-    return _json(note, 201)
+    return note
+
+
+async def set_status(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return _json(await change_status(request, body.get("status")))
+
+
+async def assign(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if "assignee" not in body:
+        raise BadRequest("assignee is required (a user name, or null to unassign)", "assignee", 422)
+    return _json(await change_assignee(request, body["assignee"]))
+
+
+async def add_note(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return _json(await write_note(request, body.get("body")), 201)
 
 
 def build_app(settings: QueueSettings, pool: AsyncConnectionPool, metrics: QueueMetrics) -> web.Application:
@@ -536,4 +613,7 @@ def build_app(settings: QueueSettings, pool: AsyncConnectionPool, metrics: Queue
     r.add_post(f"{API}/items/{{alert_id}}/status", set_status)
     r.add_post(f"{API}/items/{{alert_id}}/assign", assign)
     r.add_post(f"{API}/items/{{alert_id}}/notes", add_note)
+    from stream_app.queue import pages  # the pages build on this module's handlers
+
+    pages.add_routes(app)
     return app

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "sink_group",
             "age_limit_hours",
             "age_limits",
+            "prometheus_url",
+            "prometheus_scrape_seconds",
+            "dashboard",
         )
         add_settings_arguments(p)
 

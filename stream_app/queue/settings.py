@@ -93,6 +93,28 @@ _OPTIONS: dict[str, tuple[str, str, type, object, str]] = {
         "",
         "per-queue limits in hours overriding --age-limit-hours, e.g. pharmacy=24,coding=48",
     ),
+    "prometheus_url": (
+        "--prometheus-url",
+        "CHARGECAP_QUEUE_PROMETHEUS_URL",
+        str,
+        "http://127.0.0.1:9090",
+        "Prometheus the operations page reads its charts from (HTTP API, server side)",
+    ),
+    "prometheus_scrape_seconds": (
+        "--prometheus-scrape-seconds",
+        "CHARGECAP_QUEUE_PROMETHEUS_SCRAPE_SECONDS",
+        float,
+        15.0,
+        "that Prometheus's scrape interval (sets the rate window as Grafana's $__rate_interval does)",
+    ),
+    "dashboard": (
+        "--dashboard",
+        "CHARGECAP_QUEUE_DASHBOARD",
+        str,
+        "",
+        "the Grafana dashboard JSON whose queries the operations page runs "
+        "(default: deploy/grafana/dashboards/chargecap.json of the source tree)",
+    ),
     "cookie_secure": (
         "--cookie-secure",
         "CHARGECAP_QUEUE_COOKIE_SECURE",
@@ -114,6 +136,9 @@ class QueueSettings:
     trusted_user_header: str = ""
     timezone: str = "UTC"
     cookie_secure: str = "auto"
+    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_scrape_seconds: float = 15.0
+    dashboard: str = ""
     age_limit_hours: float = 72.0
     age_limits: str = ""
 
@@ -122,6 +147,10 @@ class QueueSettings:
         split_host_port(self.listen)
         if self.session_idle_minutes <= 0 or self.session_max_hours <= 0:
             raise ConfigError("session lifetimes must be positive")
+        if self.prometheus_scrape_seconds <= 0:
+            raise ConfigError("--prometheus-scrape-seconds must be positive")
+        if not self.prometheus_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--prometheus-url must be an http(s) URL, got {self.prometheus_url!r}")
         if self.cookie_secure not in ("auto", "yes", "no"):
             raise ConfigError("--cookie-secure must be auto, yes or no")
         if self.trusted_user_header and not self.on_loopback:

@@ -456,3 +456,30 @@ def today_start(tz_name: str) -> datetime:
 
     now = datetime.now(ZoneInfo(tz_name))
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+async def change_marker(conn: psycopg.AsyncConnection, queues: tuple[str, ...]) -> str:
+    """A token that changes whenever an alert of these queues, its workflow or its notes
+    change: the live pages poll it (it carries no PHI) and re-read only when it moves."""
+    cur = await conn.execute(
+        """SELECT (SELECT count(*) FROM alert WHERE work_queue = ANY(%(q)s)),
+                  (SELECT max(updated_at) FROM alert WHERE work_queue = ANY(%(q)s)),
+                  (SELECT max(w.updated_at) FROM alert_workflow w JOIN alert a USING (alert_id)
+                    WHERE a.work_queue = ANY(%(q)s)),
+                  (SELECT max(n.note_id) FROM alert_note n JOIN alert a USING (alert_id)
+                    WHERE a.work_queue = ANY(%(q)s))""",
+        {"q": list(queues)},
+    )
+    return "|".join("" if v is None else str(v) for v in await cur.fetchone())
+
+
+async def item_change_marker(conn: psycopg.AsyncConnection, alert_id: str) -> str:
+    """As change_marker, for one item."""
+    cur = await conn.execute(
+        """SELECT a.revision, a.updated_at, w.updated_at,
+                  (SELECT max(note_id) FROM alert_note WHERE alert_id = a.alert_id)
+           FROM alert a LEFT JOIN alert_workflow w USING (alert_id) WHERE a.alert_id = %s""",
+        (alert_id,),
+    )
+    row = await cur.fetchone()
+    return "|".join("" if v is None else str(v) for v in (row or ()))
