@@ -613,7 +613,4 @@ def build_app(settings: QueueSettings, pool: AsyncConnectionPool, metrics: Queue
     r.add_post(f"{API}/items/{{alert_id}}/status", set_status)
     r.add_post(f"{API}/items/{{alert_id}}/assign", assign)
     r.add_post(f"{API}/items/{{alert_id}}/notes", add_note)
-    from stream_app.queue import pages  # the pages build on this module's handlers
-
-    pages.add_routes(app)
     return app

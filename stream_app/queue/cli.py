@@ -231,9 +231,9 @@ async def _serve(args: argparse.Namespace, *, api: bool, sink: bool) -> int:
     from aiohttp import web
     from psycopg_pool import AsyncConnectionPool
 
-    from stream_app.queue.api import build_app
     from stream_app.queue.metrics import QueueMetrics
     from stream_app.queue.schema import SchemaError, check_schema
+    from stream_app.queue.service import build_service_app
     from stream_app.queue.sink import Sink
 
     qs = queue_settings_from_args(args)
@@ -267,7 +267,7 @@ async def _serve(args: argparse.Namespace, *, api: bool, sink: bool) -> int:
     tasks: list[asyncio.Task] = []
     the_sink = Sink(settings, qs.dsn, qs.sink_group, metrics) if sink else None
     try:
-        app = build_app(qs, pool, metrics) if api else _metrics_only_app(pool, metrics)
+        app = build_service_app(qs, pool, metrics) if api else _metrics_only_app(pool, metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, qs.host, qs.port)
