@@ -42,10 +42,13 @@ from stream_app.vocabulary import (
     DEAD_LETTER_CODES,
     INPUT_TOPICS,
     LINE_STATES,
+    NOT_SENDER_ERRORS,
     OUTPUT_TOPICS,
     PAYER_CLASSES,
     REASON_ROUTING,
     SEVERITIES,
+    TOPIC_FHIR,
+    TOPIC_HL7V2,
     WORK_QUEUES,
 )
 
@@ -313,6 +316,11 @@ class Metrics:
             self.events_consumed.labels(t)
             self.duplicate_events.labels(t)
             self.late_events.labels(t)
+            # an EHR topic's not-billable refusals: the codes of its format
+            prefix = "FHIR_" if t.endswith(TOPIC_FHIR) else "HL7_" if t.endswith(TOPIC_HL7V2) else None
+            for code in NOT_SENDER_ERRORS if prefix else ():
+                if code.startswith(prefix):
+                    self.events_not_billable.labels(t, code)
         for fam in CODE_FAMILIES:
             for st in LINE_STATES:
                 self.charge_lines_emitted.labels(fam, st)

@@ -114,7 +114,7 @@ class Worker:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             self.check_alive()
-            status, _ = await asyncio.to_thread(self._get, "/healthz", 2.0)
+            status, _ = await asyncio.to_thread(self.get, "/healthz", 2.0)
             if status == 200:
                 return time.monotonic() - t0
             await asyncio.sleep(0.2)

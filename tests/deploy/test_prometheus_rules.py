@@ -15,19 +15,11 @@ import yaml
 
 from stream_app.metrics import Metrics
 from tests.support.paths import REPO
+from tests.support.prometheus import EXPECTED_ALERTS
 
 ROOT = REPO
 PROM = ROOT / "deploy" / "prometheus"
 
-EXPECTED_ALERTS = {
-    "ChargecapWorkerDown",
-    "ChargecapConsumerLagGrowing",
-    "ChargecapDeadLetterRateHigh",
-    "ChargecapRevenueAtRiskHigh",
-    "ChargecapDecisionLatencyHigh",
-    "ChargecapBrokerErrorsPersist",
-    "ChargecapQueueOldestItemTooOld",
-}
 
 
 @pytest.fixture(scope="module")

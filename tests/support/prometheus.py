@@ -152,3 +152,29 @@ def exposition_series(text: str) -> list[tuple[str, dict[str, str], float]]:
             for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
+def exposition_families(text: str) -> set[str]:
+    """Every series name a Prometheus text exposition declares (# TYPE lines), samples
+    or not: counters with `_total`, histograms with `_bucket`, `_sum` and `_count`."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[:2] == ["#", "TYPE"]:
+            name, kind = parts[2], parts[3]
+            names.add(name)
+            if kind == "counter" and not name.endswith("_total"):
+                names.add(name + "_total")
+            if kind == "histogram":
+                names.update({name + "_bucket", name + "_sum", name + "_count"})
+    return names
+
+
+# Every alerting rule of deploy/prometheus/alerts.yml (promtool and the live test check it).
+EXPECTED_ALERTS = frozenset({
+    "ChargecapWorkerDown",
+    "ChargecapConsumerLagGrowing",
+    "ChargecapDeadLetterRateHigh",
+    "ChargecapRevenueAtRiskHigh",
+    "ChargecapDecisionLatencyHigh",
+    "ChargecapBrokerErrorsPersist",
+    "ChargecapQueueOldestItemTooOld",
+})
