@@ -19,6 +19,9 @@ same records `bench_replay.py` replays). Phases (`--only` picks some):
   counters and the output topics' end offsets have been still for a quiet period.
   Settle/close are set far in the future, so every decision measured is a present-state
   one (no settle/close work in the window). → `pipeline_eps`, `pipeline_ratio`.
+* **scaleout**: the pipeline again over the same input with one more worker process in
+  the group (two when `--workers` is 1) → `scaleout_eps`, `scaleout_ratio` (= scaleout /
+  pipeline): what adding a worker buys on this machine, broker included.
 * **fhir**, **hl7v2**: the same stream written as FHIR R4 Bundles / HL7 v2 messages
   (`phases/ehr.py`): the adapter's µs per resource / message in process, and the worker
   over them as in **pipeline** → `fhir_pipeline_eps`, `fhir_ratio` (= fhir / pipeline;
@@ -99,6 +102,9 @@ def parse_args(argv):
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--workers", type=int, default=1,
                     help="worker processes in the group for pipeline and latency (one per core)")
+    ap.add_argument("--worker-flag", action="append", default=[], metavar="FLAG=VALUE",
+                    help="extra worker flag for pipeline and scaleout (repeatable), "
+                         "e.g. --worker-flag=--stage2-batch-bundles=24")
     ap.add_argument("--open-days", type=int, default=100_000)
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes (every phase, well under a minute)")
@@ -144,7 +150,7 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
         gc.collect()
         gc.freeze()
 
-        if {"raw", "faust", "pipeline"} & set(args.phases):
+        if {"raw", "faust", "pipeline", "scaleout"} & set(args.phases):
             p1 = f"bench-{run_id}-in."
             prefixes.append(p1)
             t = time.perf_counter()
@@ -175,11 +181,23 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
                 prefixes.append(app_id)
                 pipe = await phase_pipeline(bootstrap, p1, n, workdir, app_id, quiet,
                                             timeout=max(300.0, n / 200), profile=args.profile,
-                                            workers=args.workers)
+                                            workers=args.workers, extra=args.worker_flag)
                 durations["pipeline"] = time.perf_counter() - t
                 details["pipeline"] = pipe
                 res["pipeline_eps"] = round(pipe["eps"])
                 log(f"pipeline: {pipe['eps']:,.0f} events/s")
+            if "scaleout" in args.phases:
+                t = time.perf_counter()
+                app_id = f"bench-{run_id}-scale"
+                prefixes.append(app_id)
+                scale = await phase_pipeline(bootstrap, p1, n, workdir, app_id, quiet,
+                                             timeout=max(300.0, n / 200),
+                                             workers=args.workers + 1,
+                                             extra=args.worker_flag)
+                durations["scaleout"] = time.perf_counter() - t
+                details["scaleout"] = scale
+                res["scaleout_eps"] = round(scale["eps"])
+                log(f"scale-out ({args.workers + 1} workers): {scale['eps']:,.0f} events/s")
         for fmt in ("fhir", "hl7v2"):
             if fmt not in args.phases:
                 continue
@@ -260,9 +278,22 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
             res[f"{fmt}_ratio"] = round(res[f"{fmt}_pipeline_eps"] / res["pipeline_eps"], 4)
     if "raw_passthrough_eps" in res and "faust_passthrough_eps" in res:
         res["faust_ratio"] = round(res["faust_passthrough_eps"] / res["raw_passthrough_eps"], 4)
+    _issue23_ratios(res, details)
     res["durations_s"] = {k: round(v, 2) for k, v in durations.items()}
     res["details"] = _rounded(details)
     return res
+
+
+def _issue23_ratios(res: dict, details: dict) -> None:
+    """The second pass's goals (issue 23), each a ratio of figures of this one run."""
+    if res.get("faust_passthrough_eps") and "pipeline_eps" in res:
+        res["pipeline_vs_faust"] = round(res["pipeline_eps"] / res["faust_passthrough_eps"], 4)
+    if res.get("pipeline_eps") and "scaleout_eps" in res:
+        res["scaleout_ratio"] = round(res["scaleout_eps"] / res["pipeline_eps"], 4)
+    replay_us = (details.get("replay") or {}).get("replay_cpu_us_per_record")
+    if replay_us and "pipeline" in details:
+        res["worker_cpu_vs_replay"] = round(
+            details["pipeline"]["worker_cpu_us_per_event"] / replay_us, 3)
 
 
 def _rounded(obj):
@@ -280,6 +311,10 @@ def print_table(res: dict) -> None:
         ("faust_ratio", "faust passthrough / raw: the ceiling for pipeline_ratio"),
         ("pipeline_eps", "worker, input → last output (events/s)"),
         ("pipeline_ratio", "pipeline / raw (goal ≥ 0.5)"),
+        ("pipeline_vs_faust", "pipeline / faust passthrough (issue 23 goal ≥ 0.6)"),
+        ("worker_cpu_vs_replay", "worker CPU per event / replay CPU per record (goal ≤ 2)"),
+        ("scaleout_eps", "worker group with one more worker (events/s)"),
+        ("scaleout_ratio", "one more worker / one worker (goal ≥ 1.5 for two)"),
         ("fhir_pipeline_eps", "worker on FHIR R4 Bundles, input → last output (records/s)"),
         ("fhir_ratio", "FHIR / canonical pipeline (goal ≥ 0.67)"),
         ("fhir_adapter_us_per_resource", "FHIR adapter in process (µs per resource)"),

@@ -21,7 +21,8 @@ from stream_app.vocabulary import OUTPUT_TOPICS
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
-PHASES = ("raw", "faust", "pipeline", "fhir", "hl7v2", "replay", "latency", "memory")
+PHASES = ("raw", "faust", "pipeline", "scaleout", "fhir", "hl7v2", "replay", "latency",
+          "memory")
 FAR = 10**9  # settle/close seconds: never within a benchmark
 SEED = 7  # bench_replay's default seed: the pipeline and replay see the same records
 LINES, ALERTS, DEAD = OUTPUT_TOPICS

@@ -21,6 +21,9 @@ FIELDS = (
     "faust_ratio",
     "pipeline_eps",
     "pipeline_ratio",
+    "pipeline_vs_faust",
+    "scaleout_eps",
+    "scaleout_ratio",
     "replay_eps",
     "parse_only_eps",
     "replay_ratio",
@@ -36,7 +39,7 @@ def test_bench_smoke_reports_every_figure(kafka_bootstrap):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--smoke",
          "--broker", kafka_bootstrap],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO, capture_output=True, text=True, timeout=360,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -57,6 +60,7 @@ def test_bench_smoke_reports_every_figure(kafka_bootstrap):
     assert all(v >= 0 for v in result["durations_s"].values())
     details = result["details"]
     assert details["pipeline"]["charge_line_messages"] > 0
+    assert details["scaleout"]["charge_line_messages"] > 0
     # the Faust floor moved every input message, valid or not, exactly once
     assert details["faust"]["produced"] == details["raw"]["consumed"] == result["records"]
     assert details["latency"]["outputs"] > 0

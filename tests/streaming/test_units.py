@@ -268,7 +268,8 @@ def test_bad_rule_data_fails_start_up_cleanly(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--partitions", "--batch-size", "--fetch-min-bytes",
-                                  "--fetch-max-wait", "--stream-buffer"])
+                                  "--fetch-max-wait", "--stream-buffer",
+                                  "--stage2-batch-bundles", "--stage2-queue-bundles"])
 def test_tuning_flags_validated(flag):
     import argparse
 
