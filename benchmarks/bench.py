@@ -19,7 +19,7 @@ same records `bench_replay.py` replays). Phases (`--only` picks some):
   counters and the output topics' end offsets have been still for a quiet period.
   Settle/close are set far in the future, so every decision measured is a present-state
   one (no settle/close work in the window). → `pipeline_eps`, `pipeline_ratio`.
-* **scaleout**: the pipeline again over the same input with one more worker process in
+* **scaleout**: the pipeline again over a copy of the same input with one more worker in
   the group (two when `--workers` is 1) → `scaleout_eps`, `scaleout_ratio` (= scaleout /
   pipeline): what adding a worker buys on this machine, broker included.
 * **fhir**, **hl7v2**: the same stream written as FHIR R4 Bundles / HL7 v2 messages
@@ -189,8 +189,13 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
             if "scaleout" in args.phases:
                 t = time.perf_counter()
                 app_id = f"bench-{run_id}-scale"
-                prefixes.append(app_id)
-                scale = await phase_pipeline(bootstrap, p1, n, workdir, app_id, quiet,
+                # its own copy of the input, so that its output topics hold its outputs only
+                ps = f"bench-{run_id}-in2."
+                prefixes += [app_id, ps]
+                await apply_topics(bootstrap, ps)
+                await wait_topics(bootstrap, [ps + t for t in INPUT_TOPICS + OUTPUT_TOPICS])
+                await produce_all(prefixed(messages, ps), bootstrap)
+                scale = await phase_pipeline(bootstrap, ps, n, workdir, app_id, quiet,
                                              timeout=max(300.0, n / 200),
                                              workers=args.workers + 1,
                                              extra=args.worker_flag)
