@@ -81,6 +81,22 @@ def cpu_seconds_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def local_broker_pids() -> list[int]:
+    """Kafka broker processes on this machine (the local broker or cluster), for their CPU
+    time; empty when the broker runs elsewhere."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if b"kafka.Kafka" in fh.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,15 @@ import math
 import time
 from pathlib import Path
 
-from phases.common import ALERTS, DEAD, LINES, Probe, cpu_seconds_of, metric_sum
+from phases.common import (
+    ALERTS,
+    DEAD,
+    LINES,
+    Probe,
+    cpu_seconds_of,
+    local_broker_pids,
+    metric_sum,
+)
 from phases.worker import WorkerGroup
 from stream_app.vocabulary import INPUT_TOPICS, OUTPUT_TOPICS
 
@@ -23,11 +31,14 @@ async def phase_pipeline(bootstrap: str, prefix: str, n: int, workdir: Path, app
         w.start_profile(profile)
         ready_s = await w.wait_ready()
         cpu0 = sum(cpu_seconds_of(m.pid) for m in w.members)
+        brokers = local_broker_pids()
+        broker0 = sum(cpu_seconds_of(pid) for pid in brokers)
         async with Probe(bootstrap) as probe:
             done = await w.wait_processed(n, [prefix + t for t in inputs], probe,
                                           [prefix + t for t in OUTPUT_TOPICS], quiet, timeout)
             # includes the quiet wait at the end (an idle worker uses ~3 % of a core)
             cpu = sum(cpu_seconds_of(m.pid) for m in w.members) - cpu0
+            broker_cpu = sum(cpu_seconds_of(pid) for pid in brokers) - broker0
             w.stop_profile()
             first = await probe.edge_timestamps([f"{app_id}-patient-records"], last=False)
             last = await probe.edge_timestamps([prefix + t for t in OUTPUT_TOPICS], last=True)
@@ -48,6 +59,8 @@ async def phase_pipeline(bootstrap: str, prefix: str, n: int, workdir: Path, app
         "wall_s": wall,
         "worker_cpu_s": cpu,
         "worker_cpu_us_per_event": cpu / n * 1e6 if n else 0.0,
+        # the broker's share of the same cores (None: it runs elsewhere)
+        "broker_cpu_us_per_event": broker_cpu / n * 1e6 if n and brokers else None,
         "charge_line_messages": outputs[LINES],
         "alert_messages": outputs[ALERTS],
         "dead_letter_messages": outputs[DEAD],
