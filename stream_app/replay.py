@@ -9,6 +9,9 @@ line is not a JSON value of its own, one JSON document (a FHIR Bundle file); `MS
 its lines become the contract's dead letters. The clock stands still
 while input is read (nothing settles or closes); at the end of input every patient-day
 settles, then closes. Writes the highest revision per key, sorted by key.
+
+`--jobs N` replays in N processes, each holding a share of the patients (see
+`replay_shares`); the outputs are byte-identical to one process.
 """
 
 from __future__ import annotations
@@ -16,10 +19,19 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import io
+import marshal
+import multiprocessing
+import os
+import pickle
 import sys
+import traceback
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, groupby
+from operator import itemgetter
 from pathlib import Path
 
 import orjson
@@ -56,16 +68,18 @@ def settled_view(lines: Iterable[dict], alerts: Iterable[dict]) -> tuple[list[di
     return act, opn
 
 
-def _iter_lines(paths: list[str]) -> Iterator[tuple[str, int, bytes]]:
+def _iter_lines(paths: list[str], stdin=None) -> Iterator[tuple[str, int, bytes]]:
+    """`stdin`: what `-` reads (a binary stream), standard input if None."""
+    stdin = sys.stdin.buffer if stdin is None else stdin
     for path in paths:
-        stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+        stream = stdin if path == "-" else open(path, "rb")  # noqa: SIM115
         try:
             for n, raw in enumerate(stream, 1):
                 raw = raw.rstrip(b"\r\n")
                 if raw.strip():  # blank lines carry no record
                     yield path, n, raw
         finally:
-            if stream is not sys.stdin.buffer:
+            if stream is not stdin:
                 stream.close()
 
 
@@ -85,20 +99,30 @@ def adapter_dead_letter(dl, source: str, line: int) -> dict:
             "source": source, "line": line}
 
 
-def replay(paths: list[str], engine: Engine, default_tz: str = "UTC", site=None) -> ReplayResult:
-    """`site`: the adapters' SiteConfig (stream_app.adapters.site), packaged rows if None."""
+def replay(paths: list[str], engine: Engine, default_tz: str = "UTC", site=None,
+           jobs: int = 1) -> ReplayResult:
+    """`site`: the adapters' SiteConfig (stream_app.adapters.site), packaged rows if None.
+    `jobs` > 1: that many processes, each replaying a share of the patients
+    (`replay_shares`); the same result, its lines and alerts in the same order."""
     # Replay builds millions of small, acyclic objects that live to the end of the run;
     # the cyclic collector would rescan them over and over for nothing.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _replay(paths, engine, default_tz, site)
+        if jobs == 1:
+            return _replay(paths, engine, default_tz, site)
+        return replay_shares(paths, engine, default_tz, site, jobs)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _replay(paths: list[str], engine: Engine, default_tz: str, site) -> ReplayResult:
+def _replay(paths: list[str], engine: Engine, default_tz: str, site,
+            share: tuple[int, int] | None = None, stdin=None,
+            patients: list | None = None) -> ReplayResult:
+    """`share` (index, jobs): replay only the patients of that share (`share_of`).
+    `patients`: filled with (patient_id, share index, lines, alerts) per patient in the
+    order of finishing, the counts being the sizes of `lines` and `alerts` after it."""
     res = ReplayResult()
     states: dict[str, PatientState] = {}
 
@@ -116,7 +140,7 @@ def _replay(paths: list[str], engine: Engine, default_tz: str, site) -> ReplayRe
 
     pending: dict[str, list] = defaultdict(list)
     count = 0
-    for source, n, raw, rec in _iter_records(paths, engine, default_tz, site, res):
+    for source, n, raw, rec in _iter_records(paths, engine, default_tz, site, res, share, stdin):
         if isinstance(rec, DeadLetter):
             res.dead_letters.append(dead_letter_from_file(rec, raw, source, n))
             continue
@@ -130,6 +154,151 @@ def _replay(paths: list[str], engine: Engine, default_tz: str, site) -> ReplayRe
     for pid in sorted(states):
         _, out = engine.finish(states[pid], REPLAY_NOW)
         keep(out.decisions)
+        if patients is not None:
+            patients.append((pid, share[0], len(res.lines), len(res.alerts)))
+    res.dead_letters.sort(key=lambda d: (d["source"], d["line"]))
+    return res
+
+
+# ------------------------------------------------------------------ replay in parallel
+#
+# A patient's outputs depend only on that patient's records in arrival order (the engine
+# evaluates each patient once, in `finish`), so patients are split between processes and
+# the shares merged. Each process reads every input itself: the parent built the engine
+# and the site configuration, and forked children inherit them instead of receiving them
+# pickled. The parent replays share 0 itself and merges.
+
+
+class ReplayJobError(RuntimeError):
+    """A share of a parallel replay failed: the replay as a whole has no result."""
+
+
+def share_of(patient_id: str, jobs: int) -> int:
+    """The share (0 … jobs-1) that replays this patient. A stable hash, the same in every
+    process (Python's `hash` of a str is salted per process)."""
+    return zlib.crc32(patient_id.encode("utf-8", "surrogatepass")) % jobs
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def line_share(raw: bytes, jobs: int) -> int:
+    """The share that parses this canonical input line: its patient's (`patient_id` read
+    as `parse_record` reads it: after a UTF-8 BOM, trimmed); share 0 for a line that has
+    no string `patient_id`, whose dead letter must appear once.
+
+    What matters is that every line that parses into a record goes to its patient's
+    share; a line that does not parse may go to any one share."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if not raw.startswith(_UTF8_BOM):
+            return 0
+        try:
+            doc = orjson.loads(raw[3:])
+        except orjson.JSONDecodeError:
+            return 0
+    pid = doc.get("patient_id") if type(doc) is dict else None
+    return share_of(pid.strip(), jobs) if type(pid) is str else 0
+
+
+def replay_shares(paths: list[str], engine: Engine, default_tz: str, site,
+                  jobs: int) -> ReplayResult:
+    """Replay in `jobs` processes (fork): share 0 here, the others in children that send
+    back their partial result; merged as one process would have built it."""
+    # Standard input can be read once: read here, each process replays its own copy.
+    stdin = sys.stdin.buffer.read() if "-" in paths else None
+    context = multiprocessing.get_context("fork")
+    children = []
+    try:
+        for index in range(1, jobs):
+            receive, send = context.Pipe(duplex=False)
+            proc = context.Process(
+                target=_replay_child, name=f"chargecap-replay-{index}", daemon=True,
+                args=(send, paths, engine, default_tz, site, (index, jobs), stdin))
+            proc.start()
+            send.close()  # EOF on `receive` once the child is gone, whatever its end
+            children.append((proc, receive))
+        patients: list = []
+        own = _replay(paths, engine, default_tz, site, (0, jobs),
+                      None if stdin is None else io.BytesIO(stdin), patients)
+        shares = [(list(own.lines.items()), list(own.alerts.items()), own.dead_letters,
+                   own.records, own.duplicates, dict(own.by_event_type), patients)]
+        del own
+        for index, (proc, receive) in enumerate(children, 1):
+            shares.append(_receive_share(proc, receive, index, jobs))
+        # merged before the children are joined: they hand their memory back meanwhile
+        return merge_shares(shares)
+    finally:
+        for proc, receive in children:
+            receive.close()
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+
+
+def _replay_child(send, paths, engine, default_tz, site, share, stdin) -> None:
+    gc.disable()
+    try:
+        patients: list = []
+        res = _replay(paths, engine, default_tz, site, share,
+                      None if stdin is None else io.BytesIO(stdin), patients)
+        part = (list(res.lines.items()), list(res.alerts.items()), res.dead_letters,
+                res.records, res.duplicates, dict(res.by_event_type), patients)
+        try:
+            # marshal writes and reads these dicts faster than pickle, and the parent
+            # decodes them while the other processes have nothing left to do.
+            payload = b"M" + marshal.dumps(part)
+        except ValueError:  # a value marshal cannot write
+            payload = b"P" + pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        send.send_bytes(b"E" + traceback.format_exc().encode("utf-8", "replace"))
+        send.close()
+        sys.exit(1)
+    send.send_bytes(payload)
+    send.close()
+
+
+def _receive_share(proc, receive, index: int, jobs: int) -> tuple:
+    what = f"replay share {index + 1} of {jobs} (process {proc.pid})"
+    try:
+        payload = receive.recv_bytes()
+    except EOFError:
+        proc.join()
+        raise ReplayJobError(f"{what} ended without a result "
+                             f"(exit code {proc.exitcode})") from None
+    kind, body = payload[:1], payload[1:]
+    if kind == b"M":
+        return marshal.loads(body)
+    if kind == b"P":
+        return pickle.loads(body)  # noqa: S301 - our own child's bytes
+    raise ReplayJobError(f"{what} failed:\n{body.decode('utf-8', 'replace')}")
+
+
+def merge_shares(shares: list[tuple]) -> ReplayResult:
+    """One ReplayResult from the shares' (lines, alerts, dead letters, records, duplicates,
+    by event type, patients), each share's lines and alerts as items in its order of
+    finishing patients, `patients` as `_replay` fills it. The merged dicts get their keys
+    in the one-process order: patients sorted, each patient's keys in the order it emitted
+    them (the metrics textfile adds up amounts in that order)."""
+    res = ReplayResult()
+    # (patient, share, lines and alerts of the share up to that patient), in patient order;
+    # consecutive patients of one share are merged in one go.
+    order = sorted(chain.from_iterable(share[6] for share in shares))
+    merged = [(0, 0)] * len(shares)
+    for index, run in groupby(order, key=itemgetter(1)):
+        *_, (_, _, n_lines, n_alerts) = run  # the run's last patient says how far it goes
+        lines_from, alerts_from = merged[index]
+        res.lines.update(shares[index][0][lines_from:n_lines])
+        res.alerts.update(shares[index][1][alerts_from:n_alerts])
+        merged[index] = (n_lines, n_alerts)
+    for _, _, dead, records, duplicates, by_event_type, _ in shares:
+        # A (source, line) belongs to one share (same bytes, same share), so the stable
+        # sort keeps the one-process order of dead letters sharing a line.
+        res.dead_letters += dead
+        res.records += records
+        res.duplicates += duplicates
+        res.by_event_type.update(by_event_type)
     res.dead_letters.sort(key=lambda d: (d["source"], d["line"]))
     return res
 
@@ -173,7 +342,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="directory for the three outputs")
     parser.add_argument("--metrics", type=Path, default=None,
                         help="write Prometheus metrics of the run to this textfile")
+    parser.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                        help="replay in N processes, patients split between them "
+                             "(0: one per CPU); outputs identical to 1 (default)")
     add_settings_arguments(parser)
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of processes: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"not a number of processes: {text!r}")
+    return n or os.cpu_count() or 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,7 +376,11 @@ def run(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(f"chargecap replay: bad site configuration: {exc}", file=sys.stderr)
         return 2
-    res = replay(args.files, engine, settings.timezone, site)
+    try:
+        res = replay(args.files, engine, settings.timezone, site, jobs=args.jobs)
+    except ReplayJobError as exc:
+        print(f"chargecap replay: {exc}\nchargecap replay: no output written", file=sys.stderr)
+        return 1
     if args.out is not None:
         write_outputs(res, args.out)
     if args.metrics is not None:
@@ -262,10 +448,24 @@ def _is_fhir(raw: bytes) -> bool:
 
 
 def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
-                  res: ReplayResult) -> Iterator[tuple[str, int, bytes, object]]:
+                  res: ReplayResult, share: tuple[int, int] | None = None,
+                  stdin=None) -> Iterator[tuple[str, int, bytes, object]]:
     """(source, line, raw, record or DeadLetter) for every input unit; adapter refusals
-    go straight to `res.dead_letters`."""
+    go straight to `res.dead_letters`.
+
+    `share` (index, jobs): only the units of that share. A canonical line is parsed only
+    by its patient's share (`line_share`). Adapters run in every share, each keeping its
+    patients' records; share 0 keeps everything else an adapted unit gives (refusals,
+    records that do not parse), so the dead letters of one (source, line) stay together
+    and in order."""
     formats = {p: detect_format(p) for p in paths}
+    if share is not None:
+        index, jobs = share
+
+        def ours(rec) -> bool:
+            if isinstance(rec, DeadLetter):
+                return index == 0
+            return share_of(rec.patient_id, jobs) == index
     site_config = [site]
 
     def site_rows():
@@ -284,11 +484,14 @@ def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
                   if f == NDJSON and p != "-" and _first_line_is_fhir(p)]
 
     def adapted(out, source: str, line_of) -> Iterator[tuple[str, int, bytes, object]]:
-        for dl in out.dead_letters:
-            res.dead_letters.append(adapter_dead_letter(dl, source, line_of(dl.raw)))
+        if share is None or index == 0:
+            for dl in out.dead_letters:
+                res.dead_letters.append(adapter_dead_letter(dl, source, line_of(dl.raw)))
         for rec in out.records:
             raw = orjson.dumps(rec)
-            yield source, line_of(None), raw, parse_record(raw, default_tz=default_tz)
+            parsed = parse_record(raw, default_tz=default_tz)
+            if share is None or ours(parsed):
+                yield source, line_of(None), raw, parsed
 
     for path in paths:
         fmt = formats[path]
@@ -302,13 +505,13 @@ def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
                                        lambda _raw, n=n: n)
             continue
         if fmt == NDJSON:
-            for source, n, raw in _iter_lines([path]):
+            for source, n, raw in _iter_lines([path], stdin):
                 if _FHIR_KEY in raw and _is_fhir(raw):  # FHIR among canonical lines
                     from stream_app.adapters.fhir import adapt as fhir_adapt
 
                     out = fhir_adapt(raw, site_rows(), default_tz=default_tz)
                     yield from adapted(out, source, lambda _raw, n=n: n)
-                else:
+                elif share is None or line_share(raw, jobs) == index:
                     yield source, n, raw, parse_record(raw, default_tz=default_tz)
             continue
         with open(path, "rb") as fh:
@@ -319,7 +522,7 @@ def _iter_records(paths: list[str], engine: Engine, default_tz: str, site,
 
                 yield from adapted(fhir_adapt(data, site_rows(), default_tz=default_tz), path,
                                    lambda _raw: 1)
-            else:
+            elif share is None or line_share(data, jobs) == index:
                 yield path, 1, data, parse_record(data, default_tz=default_tz)
         else:
             yield from adapted(_adapt_hl7(data, site_rows(), default_tz, engine), path,
