@@ -27,7 +27,8 @@ same records `bench_replay.py` replays). Phases (`--only` picks some):
   over them as in **pipeline** → `fhir_pipeline_eps`, `fhir_ratio` (= fhir / pipeline;
   goal: FHIR input costs at most a third of the throughput), `hl7v2_…`.
 * **replay**: `bench_replay.main(["--records", N])` → `replay_eps`, `parse_only_eps`,
-  `replay_ratio`.
+  `replay_ratio`, `replay_jobs2_eps` (`replay --jobs 2`), `replay_jobs_ratio` (= jobs 2 /
+  one process).
 * **latency**: a fresh worker on fresh topics; `--rate` events/s for `--latency-seconds`
   (paced every 5 ms). Latency per output = output Kafka timestamp (CreateTime, set by the
   worker's producer) − the newest input timestamp among its `source_event_ids` (the
@@ -224,7 +225,8 @@ async def run(args, bootstrap: str, workdir: Path) -> dict:
             rep = phase_replay(args.records)
             durations["replay"] = time.perf_counter() - t
             details["replay"] = rep
-            for k in ("replay_eps", "parse_only_eps", "replay_ratio"):
+            for k in ("replay_eps", "parse_only_eps", "replay_ratio", "replay_jobs2_eps",
+                      "replay_jobs_ratio"):
                 res[k] = rep[k]
         if "latency" in args.phases:
             t = time.perf_counter()
@@ -330,6 +332,8 @@ def print_table(res: dict) -> None:
         ("parse_only_eps", "orjson.loads only (events/s)"),
         ("replay_eps", "replay, in-process (events/s)"),
         ("replay_ratio", "replay / parse-only (goal ≥ 0.25)"),
+        ("replay_jobs2_eps", "replay --jobs 2, in two processes (events/s)"),
+        ("replay_jobs_ratio", "replay --jobs 2 / replay (issue 23 goal ≥ 1.7 on 2 cores)"),
         ("latency_p50_s", "input event (once decidable) → its first decision, p50 at --rate (s)"),
         ("latency_p99_s", "input event → its first decision, p99 (goal ≤ 0.25 s)"),
         ("latency_output_p99_s", "output → its newest source event, p99 (s)"),

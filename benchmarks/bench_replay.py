@@ -5,6 +5,9 @@ one run measures:
   * parse_only_eps: orjson.loads of every line (the floor any JSON consumer pays);
   * replay_eps: the whole replay (validation, patient-day state, every rule, settle and
     close, outputs kept per key) over the same lines;
+  * replay_jobs2_eps: the same replay in two processes (`replay --jobs 2`: patients split
+    between them, results merged), and replay_jobs_ratio = replay_jobs2_eps / replay_eps
+    (issue 23's goal: at least 1.7 on two cores);
   * memory per patient-day: resident-set growth while replaying divided by the number of
     patient-days held, and again for a second, disjoint half of the stream to show it
     stays flat.
@@ -84,17 +87,29 @@ def main(argv=None) -> dict:
     rss1 = rss_bytes()
     days = len({(v["patient_id"], v["service_date"]) for v in res.lines.values()}
                | {(v["patient_id"], v["service_date"]) for v in res.alerts.values()})
+    sizes = (len(res.lines), len(res.alerts), len(res.dead_letters))
+    del res  # freed before the fork: both processes start from the engine alone
+
+    gc.collect()
+    t0 = time.perf_counter()
+    res = replay([str(path)], engine, jobs=2)
+    jobs2_s = time.perf_counter() - t0
+    if (len(res.lines), len(res.alerts), len(res.dead_letters)) != sizes:
+        raise SystemExit(f"replay --jobs 2 gave other outputs: "
+                         f"{(len(res.lines), len(res.alerts), len(res.dead_letters))} != {sizes}")
     out = {
         "records": n,
         "generate_s": round(gen_s, 2),
         "parse_only_eps": round(n / parse_s),
         "replay_eps": round(n / replay_s),
         "replay_ratio": round(parse_s / replay_s, 4),
+        "replay_jobs2_eps": round(n / jobs2_s),
+        "replay_jobs_ratio": round(replay_s / jobs2_s, 4),
         "patient_days": days,
         "replay_rss_bytes_per_patient_day": round((rss1 - rss0) / max(days, 1)),
-        "lines": len(res.lines),
-        "alerts": len(res.alerts),
-        "dead_letters": len(res.dead_letters),
+        "lines": sizes[0],
+        "alerts": sizes[1],
+        "dead_letters": sizes[2],
     }
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}", file=sys.stderr)
     for k, v in out.items():

@@ -27,6 +27,8 @@ FIELDS = (
     "replay_eps",
     "parse_only_eps",
     "replay_ratio",
+    "replay_jobs2_eps",
+    "replay_jobs_ratio",
     "latency_p50_s",
     "latency_p99_s",
     "bytes_per_open_patient_day",
