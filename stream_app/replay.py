@@ -119,12 +119,15 @@ def replay(paths: list[str], engine: Engine, default_tz: str = "UTC", site=None,
 
 def _replay(paths: list[str], engine: Engine, default_tz: str, site,
             share: tuple[int, int] | None = None, stdin=None,
-            patients: list | None = None) -> ReplayResult:
+            patients: list | None = None,
+            states: dict[str, PatientState] | None = None) -> ReplayResult:
     """`share` (index, jobs): replay only the patients of that share (`share_of`).
     `patients`: filled with (patient_id, share index, lines, alerts) per patient in the
-    order of finishing, the counts being the sizes of `lines` and `alerts` after it."""
+    order of finishing, the counts being the sizes of `lines` and `alerts` after it.
+    `states`: the patients' states are kept in it (a process about to end need not free
+    them)."""
     res = ReplayResult()
-    states: dict[str, PatientState] = {}
+    states = {} if states is None else states
 
     def keep(decisions) -> None:
         for d in decisions:
@@ -239,10 +242,11 @@ def replay_shares(paths: list[str], engine: Engine, default_tz: str, site,
 
 def _replay_child(send, paths, engine, default_tz, site, share, stdin) -> None:
     gc.disable()
+    states: dict[str, PatientState] = {}
     try:
         patients: list = []
         res = _replay(paths, engine, default_tz, site, share,
-                      None if stdin is None else io.BytesIO(stdin), patients)
+                      None if stdin is None else io.BytesIO(stdin), patients, states)
         part = (list(res.lines.items()), list(res.alerts.items()), res.dead_letters,
                 res.records, res.duplicates, dict(res.by_event_type), patients)
         try:
@@ -257,6 +261,9 @@ def _replay_child(send, paths, engine, default_tz, site, share, stdin) -> None:
         sys.exit(1)
     send.send_bytes(payload)
     send.close()
+    # The share's millions of objects end with the process: freeing them one by one
+    # first would only delay the result (about a quarter of a second per 100k records).
+    os._exit(0)
 
 
 def _receive_share(proc, receive, index: int, jobs: int) -> tuple:
@@ -267,12 +274,12 @@ def _receive_share(proc, receive, index: int, jobs: int) -> tuple:
         proc.join()
         raise ReplayJobError(f"{what} ended without a result "
                              f"(exit code {proc.exitcode})") from None
-    kind, body = payload[:1], payload[1:]
+    kind, body = payload[:1], memoryview(payload)[1:]
     if kind == b"M":
         return marshal.loads(body)
     if kind == b"P":
         return pickle.loads(body)  # noqa: S301 - our own child's bytes
-    raise ReplayJobError(f"{what} failed:\n{body.decode('utf-8', 'replace')}")
+    raise ReplayJobError(f"{what} failed:\n{bytes(body).decode('utf-8', 'replace')}")
 
 
 def merge_shares(shares: list[tuple]) -> ReplayResult:
