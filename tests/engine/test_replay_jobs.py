@@ -8,6 +8,7 @@ summary on stderr must be the same bytes.
 from __future__ import annotations
 
 import collections
+import datetime
 import io
 import json
 import multiprocessing
@@ -274,6 +275,24 @@ def test_jobs_2_replays_each_patient_once_in_two_processes(tmp_path):
     parsed = (parse_record(raw, default_tz="UTC") for raw in path.read_bytes().splitlines())
     assert set(everyone) == {r.patient_id for r in parsed if not isinstance(r, DeadLetter)}
     assert {v["patient_id"] for v in res.lines.values()} <= set(everyone)
+
+
+class _DatesItsLines(Engine):
+    """The real engine, its outputs carrying a value marshal cannot write (a date)."""
+
+    def finish(self, state, now, rev_floor=0):
+        state, out = super().finish(state, now, rev_floor)
+        for d in out.decisions:
+            d.value["replayed_on"] = datetime.date(2025, 3, 14)
+        return state, out
+
+
+def test_a_share_marshal_cannot_write_comes_back_pickled(tmp_path):
+    path = _canonical_file(tmp_path, seed=23, records=800)
+    eng = _DatesItsLines(load_rules())
+    one, two = replay([str(path)], eng), replay([str(path)], eng, jobs=2)
+    assert list(two.lines.items()) == list(one.lines.items())
+    assert {type(v["replayed_on"]) for v in two.lines.values()} == {datetime.date}
 
 
 # ------------------------------------------------------------------ a share that fails
