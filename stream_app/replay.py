@@ -250,8 +250,8 @@ def _replay_child(send, paths, engine, default_tz, site, share, stdin) -> None:
         part = (list(res.lines.items()), list(res.alerts.items()), res.dead_letters,
                 res.records, res.duplicates, dict(res.by_event_type), patients)
         try:
-            # marshal writes and reads these dicts faster than pickle, and the parent
-            # decodes them while the other processes have nothing left to do.
+            # marshal writes and reads these dicts faster than pickle; reading them back
+            # is time the parent alone spends once every share is done.
             payload = b"M" + marshal.dumps(part)
         except ValueError:  # a value marshal cannot write
             payload = b"P" + pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
@@ -350,8 +350,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=Path, default=None,
                         help="write Prometheus metrics of the run to this textfile")
     parser.add_argument("--jobs", type=_jobs, default=1, metavar="N",
-                        help="replay in N processes, patients split between them "
-                             "(0: one per CPU); outputs identical to 1 (default)")
+                        help="replay in N processes (default 1; 0: one per CPU), the "
+                             "patients split between them; the outputs are the same bytes")
     add_settings_arguments(parser)
 
 
