@@ -22,6 +22,7 @@ FIELDS = (
     "pipeline_eps",
     "pipeline_ratio",
     "pipeline_vs_faust",
+    "worker_cpu_vs_replay",
     "scaleout_eps",
     "scaleout_ratio",
     "replay_eps",
