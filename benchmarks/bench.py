@@ -311,6 +311,14 @@ def _rounded(obj):
     return obj
 
 
+def _cpu_text(phase: dict) -> str:
+    """A pipeline phase's CPU per event: the workers', and the local broker's if measured."""
+    text = f"worker CPU {phase['worker_cpu_us_per_event']:,.0f} µs per event"
+    if phase.get("broker_cpu_us_per_event") is not None:
+        text += f", broker CPU {phase['broker_cpu_us_per_event']:,.0f} µs per event"
+    return text
+
+
 def print_table(res: dict) -> None:
     rows = [
         ("raw_passthrough_eps", "aiokafka consume → orjson → produce (events/s)"),
@@ -358,15 +366,10 @@ def print_table(res: dict) -> None:
         print(f"  pipeline by metrics polling: {p['poll_eps']:,.0f} events/s; outputs "
               f"{p['charge_line_messages']:,} lines, {p['alert_messages']:,} alerts, "
               f"{p['dead_letter_messages']:,} dead letters; worker ready in {p['ready_s']:.1f} s; "
-              f"worker CPU {p['worker_cpu_us_per_event']:,.0f} µs per event"
-              + (f", broker CPU {p['broker_cpu_us_per_event']:,.0f} µs per event"
-                 if p.get("broker_cpu_us_per_event") is not None else ""))
+              f"{_cpu_text(p)}")
     if "scaleout" in d:
         so = d["scaleout"]
-        print(f"  scale-out: worker CPU {so['worker_cpu_us_per_event']:,.0f} µs per event "
-              f"(all workers), ready in {so['ready_s']:.1f} s"
-              + (f", broker CPU {so['broker_cpu_us_per_event']:,.0f} µs per event"
-                 if so.get("broker_cpu_us_per_event") is not None else ""))
+        print(f"  scale-out (all workers): ready in {so['ready_s']:.1f} s; {_cpu_text(so)}")
     if "latency" in d:
         la = d["latency"]
         print(f"  latency: {la['outputs']:,} decisions at {la['offered_eps']:,.0f} events/s "

@@ -67,6 +67,11 @@ OTHER = "other"
 OUTCOMES: tuple[str, ...] = ("charge_line", "alert")
 # A broker label: a node id, host:port of a bootstrap server, or the two names brokerlog.py
 # uses when the client does not say which node.
+# The not-billable refusal codes each EHR format's topic can count (pre-created series).
+_NOT_BILLABLE_CODES = {
+    topic: tuple(c for c in NOT_SENDER_ERRORS if c.startswith(prefix))
+    for topic, prefix in ((TOPIC_FHIR, "FHIR_"), (TOPIC_HL7V2, "HL7_"))
+}
 _BROKER_LABEL = re.compile(r"\d{1,9}|[A-Za-z0-9.-]{1,253}:\d{1,5}|coordinator|unnamed")
 # Kinds of retried Kafka client errors (stream_app/streaming/brokerlog.py).
 BROKER_ERROR_KINDS: tuple[str, ...] = (
@@ -317,10 +322,9 @@ class Metrics:
             self.duplicate_events.labels(t)
             self.late_events.labels(t)
             # an EHR topic's not-billable refusals: the codes of its format
-            prefix = "FHIR_" if t.endswith(TOPIC_FHIR) else "HL7_" if t.endswith(TOPIC_HL7V2) else None
-            for code in NOT_SENDER_ERRORS if prefix else ():
-                if code.startswith(prefix):
-                    self.events_not_billable.labels(t, code)
+            codes = next((c for topic, c in _NOT_BILLABLE_CODES.items() if t.endswith(topic)), ())
+            for code in codes:
+                self.events_not_billable.labels(t, code)
         for fam in CODE_FAMILIES:
             for st in LINE_STATES:
                 self.charge_lines_emitted.labels(fam, st)

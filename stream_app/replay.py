@@ -225,8 +225,7 @@ def replay_shares(paths: list[str], engine: Engine, default_tz: str, site,
         patients: list = []
         own = _replay(paths, engine, default_tz, site, (0, jobs),
                       None if stdin is None else io.BytesIO(stdin), patients)
-        shares = [(list(own.lines.items()), list(own.alerts.items()), own.dead_letters,
-                   own.records, own.duplicates, dict(own.by_event_type), patients)]
+        shares = [_share_part(own, patients)]
         del own
         for index, (proc, receive) in enumerate(children, 1):
             shares.append(_receive_share(proc, receive, index, jobs))
@@ -240,6 +239,12 @@ def replay_shares(paths: list[str], engine: Engine, default_tz: str, site,
             proc.join()
 
 
+def _share_part(res: ReplayResult, patients: list) -> tuple:
+    """A share's result in the plain form `merge_shares` takes (and marshal can write)."""
+    return (list(res.lines.items()), list(res.alerts.items()), res.dead_letters,
+            res.records, res.duplicates, dict(res.by_event_type), patients)
+
+
 def _replay_child(send, paths, engine, default_tz, site, share, stdin) -> None:
     gc.disable()
     states: dict[str, PatientState] = {}
@@ -247,8 +252,7 @@ def _replay_child(send, paths, engine, default_tz, site, share, stdin) -> None:
         patients: list = []
         res = _replay(paths, engine, default_tz, site, share,
                       None if stdin is None else io.BytesIO(stdin), patients, states)
-        part = (list(res.lines.items()), list(res.alerts.items()), res.dead_letters,
-                res.records, res.duplicates, dict(res.by_event_type), patients)
+        part = _share_part(res, patients)
         try:
             # marshal writes and reads these dicts faster than pickle; reading them back
             # is time the parent alone spends once every share is done.
